@@ -1,0 +1,119 @@
+"""The ``extract`` command: a thin typer layer over the public API, no logic of its own.
+
+stdout carries only results (JSON); messages go to stderr. Exit codes: 0 success,
+1 extraction failed, 2 the caller must act (bad input, spec or setting).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from extract.errors import ConfigError, ExtractError, ExtractionFailed, UnsupportedSchema
+from extract.pipeline import Extractor
+from extract.spec import Regex
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def load_spec(schema: str | None, regex: str | None) -> Any:
+    """``module:Class`` from the Python path (cwd first), a JSON Schema file, or a Regex."""
+    if (schema is None) == (regex is None):
+        raise ConfigError("give exactly one of --schema module:Class|schema.json or --regex PATTERN")
+    if regex is not None:
+        return Regex(regex)
+    assert schema is not None
+    path = Path(schema)
+    if schema.endswith(".json"):
+        if not path.is_file():
+            raise ConfigError(f"schema file {schema} does not exist")
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{schema} is not JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{schema} does not hold a JSON Schema object")
+        return loaded
+    if ":" not in schema:
+        raise ConfigError(f"--schema {schema!r}: expected module:Class or a .json file")
+    module_name, _, attr = schema.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--schema {schema!r}: cannot import {module_name!r}: {exc}") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"--schema {schema!r}: {module_name} has no attribute {attr!r}") from None
+    return obj
+
+
+def _read_input(source: str) -> str | bytes:
+    if source == "-":
+        return sys.stdin.buffer.read()
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"input file {source} does not exist")
+    return path.read_bytes()
+
+
+def _fail(exc: Exception, code: int) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    source: Annotated[str, typer.Argument(help="A text file, or - for stdin.")] = "-",
+    schema: Annotated[str | None, typer.Option(help="module:Class or a JSON Schema file.")] = None,
+    regex: Annotated[str | None, typer.Option(help="A regular expression the whole output must match.")] = None,
+    tier: Annotated[list[str] | None, typer.Option(help="A tier to run, in order (repeat for a chain).")] = None,
+    model_path: Annotated[Path | None, typer.Option(help="A GGUF file or model directory.")] = None,
+    backend: Annotated[str | None, typer.Option(help="llamacpp (default) or transformers.")] = None,
+    result: Annotated[bool, typer.Option("--result", help="Print the whole Result with attempts.")] = False,
+) -> None:
+    """Extract one value from a text and print it as JSON."""
+    try:
+        spec = load_spec(schema, regex)
+        extractor = Extractor(tiers=tier or None, model_path=model_path, backend=backend)
+        res = extractor.run(_read_input(source), spec)
+    except (ConfigError, UnsupportedSchema) as exc:
+        _fail(exc, 2)
+        return
+    except ExtractError as exc:
+        _fail(exc, 1)
+        return
+    if result:
+        typer.echo(json.dumps(res.to_json_dict(), ensure_ascii=False, indent=2))
+    if not res.ok:
+        if not result:
+            _fail(ExtractionFailed(res), 1)
+        raise typer.Exit(1)
+    if not result:
+        typer.echo(json.dumps(res.to_json_dict()["value"], ensure_ascii=False))
+
+
+@app.command()
+def serve(
+    model: Annotated[Path | None, typer.Option(help="A GGUF file (default: the embedded model).")] = None,
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The port (0: a free one).")] = 8765,
+) -> None:
+    """Serve a GGUF model on an OpenAI-compatible endpoint (llama-cpp-python's server)."""
+    from extract.providers.server import serve as run_server
+
+    try:
+        run_server(model, host, port)
+    except ExtractError as exc:
+        _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

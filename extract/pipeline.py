@@ -1,0 +1,149 @@
+"""The chain: run tiers in order until one attempt validates, and keep every attempt.
+
+``Extractor.arun`` is the one async core; ``run``, ``extract`` and ``aextract`` wrap it.
+Inputs are checked here, once, before any tier sees them: a caller mistake is a
+``ConfigError`` or ``UnsupportedSchema``; bad model output is an ``Attempt`` with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from extract.errors import ConfigError, ExtractionFailed, ProviderError, UnsupportedSchema
+from extract.settings import Settings
+from extract.spec import Spec, compile_spec
+from extract.tiers import Task, Tier, make_tier
+from extract.types import Attempt, AttemptError, Result
+
+__all__ = ["Extractor", "aextract", "extract"]
+
+T = TypeVar("T")
+
+
+def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from sync code, even inside a running loop (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def clean_text(text: Any, max_chars: int) -> str:
+    """The text as a str, or a ConfigError that says what to do."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"the text is not valid UTF-8 (byte {exc.start}: {bytes(text)[exc.start:exc.start + 4]!r}); "
+                "decode it yourself, e.g. data.decode('latin-1'), and pass a str"
+            ) from None
+    if not isinstance(text, str):
+        raise ConfigError(f"the text must be a str (or UTF-8 bytes), got {type(text).__name__}")
+    if not text.strip():
+        raise ConfigError("the text is empty or only whitespace: there is nothing to extract from")
+    if len(text) > max_chars:
+        raise ConfigError(
+            f"the text has {len(text)} characters, over the limit of {max_chars} "
+            "(raise max_input_chars / EXTRACT_MAX_INPUT_CHARS)"
+        )
+    return text
+
+
+class Extractor:
+    """A configured chain of tiers; reuse one for many texts (models load once per process).
+
+    ``tiers`` is the policy: a list of tier names in order (``["local"]``, ``["native",
+    "instructor", "local"]``...). Every other keyword is a ``Settings`` field and overrides the
+    ``EXTRACT_*`` environment.
+    """
+
+    def __init__(self, tiers: Sequence[str] | None = None, **settings: Any) -> None:
+        if isinstance(tiers, str):
+            tiers = [tiers]
+        if tiers is not None and not tiers:
+            raise ConfigError("tiers is empty: name at least one tier, e.g. tiers=['local']")
+        self.settings = Settings.resolve(tiers=list(tiers) if tiers else None, **settings)
+        self.tier_names = self.settings.default_tiers()
+        self.tiers: list[Tier] = [make_tier(name, self.settings) for name in self.tier_names]
+
+    def _plan(self, spec: Spec) -> tuple[list[Tier], list[Attempt]]:
+        """Tiers that can run this spec, and a skipped Attempt for each that cannot."""
+        usable: list[Tier] = []
+        skipped: list[Attempt] = []
+        refusals: list[UnsupportedSchema] = []
+        for tier in self.tiers:
+            reason = tier.unavailable()
+            if reason is not None:
+                skipped.append(Attempt(tier=tier.name, skipped=True,
+                                       error=AttemptError(type="unavailable", message=reason)))
+                continue
+            try:
+                tier.check_support(spec)
+            except UnsupportedSchema as exc:
+                refusals.append(exc)
+                skipped.append(Attempt(tier=tier.name, skipped=True,
+                                       error=AttemptError(type="unsupported", message=str(exc),
+                                                          details=[{"feature": exc.feature, "path": exc.path}])))
+                continue
+            usable.append(tier)
+        if not usable:
+            if refusals:
+                raise refusals[0]
+            raise ConfigError(
+                "no tier in the chain can run: "
+                + "; ".join(f"{a.tier}: {a.error.message}" for a in skipped if a.error)
+            )
+        return usable, skipped
+
+    async def arun(self, text: str | bytes, spec: Any) -> Result:
+        """Run the chain on one text; never raises for bad model output."""
+        compiled = compile_spec(spec)
+        clean = clean_text(text, self.settings.max_input_chars)
+        usable, skipped = self._plan(compiled)
+        result = Result(attempts=list(skipped))
+        deadline = None
+        for tier in usable:
+            task = Task(text=clean, spec=compiled, settings=self.settings,
+                        history=list(result.attempts), deadline=deadline)
+            started = time.perf_counter()
+            try:
+                attempts = await tier.attempts(task)
+            except ProviderError as exc:
+                attempts = [Attempt(
+                    tier=tier.name,
+                    latency_s=time.perf_counter() - started,
+                    error=AttemptError(type="provider_error", message=str(exc),
+                                       details=[{"endpoint": exc.endpoint, "transient": exc.transient,
+                                                 "status": exc.status}]),
+                )]
+            result.attempts.extend(attempts)
+            winner = next((a for a in attempts if a.ok), None)
+            if winner is not None:
+                result.value = winner.value
+                result.tier = winner.tier
+                break
+        return result
+
+    def run(self, text: str | bytes, spec: Any) -> Result:
+        """Sync wrapper of ``arun``."""
+        return _run_sync(self.arun(text, spec))
+
+
+async def aextract(text: str | bytes, spec: Any, **options: Any) -> Any:
+    """The validated value for ``spec`` from ``text``, or ``ExtractionFailed`` with the Result."""
+    result = await Extractor(**options).arun(text, spec)
+    if not result.ok:
+        raise ExtractionFailed(result)
+    return result.value
+
+
+def extract(text: str | bytes, spec: Any, **options: Any) -> Any:
+    """Sync ``aextract``: options are ``Extractor`` arguments (``tiers=``, settings fields)."""
+    return _run_sync(aextract(text, spec, **options))

@@ -1,0 +1,123 @@
+"""The transformers backend: any model directory, or a GGUF dequantized through transformers.
+
+Optional (``pip install 'extract[transformers]'``): it is what brings torch in. A GGUF is
+converted once (about 26 s for the embedded model, fp32, ~0.6 GB) and the converted model is
+saved under the user's cache directory keyed by the file's digest, so the next load reads
+safetensors instead of dequantizing again. Decoding goes through Outlines' Transformers model
+with an llguidance logits processor, greedy.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from extract.errors import ConfigError
+from extract.providers.local_model import Generation, Grammar, _outlines_processor, file_digest
+from extract.settings import Settings
+from extract.types import ModelInfo
+
+__all__ = ["TransformersModel", "converted_cache_dir"]
+
+
+def converted_cache_dir(settings: Settings, digest: str) -> Path:
+    """Where a GGUF converted by transformers is kept between processes."""
+    import platformdirs
+
+    root = settings.cache_dir or Path(platformdirs.user_cache_dir("extract"))
+    return root / "transformers" / digest.replace(":", "-")
+
+
+class TransformersModel:
+    """A transformers causal LM behind the LocalModel interface."""
+
+    def __init__(self, path: Path, settings: Settings) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # torch.compile inside outlines costs 15-20 s on the first token and gains nothing.
+        os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+        try:
+            import outlines
+            import torch
+            import transformers
+            from outlines.backends.llguidance import LLGuidanceBackend
+        except ImportError as exc:
+            raise ConfigError(
+                f"the transformers backend needs the optional extra ({exc.name} is missing): "
+                "pip install 'extract[transformers]'  (or: uv sync --extra transformers)"
+            ) from None
+        self.n_ctx = settings.n_ctx
+        self._lock = threading.Lock()
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="transformers")
+        digest = file_digest(path)
+        self.info = ModelInfo(name=path.name, digest=digest, backend="transformers")
+        if path.is_file() and path.suffix == ".gguf":
+            cached = converted_cache_dir(settings, digest)
+            if (cached / "config.json").exists():
+                hf_model = transformers.AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(cached)
+            else:
+                try:
+                    import gguf  # noqa: F401
+                except ImportError:
+                    raise ConfigError(
+                        "loading a GGUF through transformers needs the 'gguf' package: "
+                        "pip install 'extract[transformers]'"
+                    ) from None
+                hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+                    path.parent, gguf_file=path.name, dtype=torch.float32
+                )
+                tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+                cached.mkdir(parents=True, exist_ok=True)
+                hf_model.save_pretrained(cached)
+                tokenizer.save_pretrained(cached)
+        elif path.is_dir():
+            hf_model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        else:
+            raise ConfigError(f"{path} is neither a GGUF file nor a transformers model directory")
+        hf_model.eval()
+        if settings.n_threads:
+            torch.set_num_threads(settings.n_threads)
+        self.tokenizer = tokenizer
+        self.outlines_model = outlines.from_transformers(hf_model, tokenizer)
+        # We render the chat template ourselves; stop Outlines from wrapping it again.
+        self.outlines_model.type_adapter.has_chat_template = False
+        self._backend = LLGuidanceBackend(self.outlines_model)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(f"{path} has no chat template")
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        prompt: str = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return prompt
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, prompt: str, grammar: Grammar | None, max_tokens: int) -> Generation:
+        start = time.perf_counter()
+        n_in = self.count_tokens(prompt)
+        if n_in + 1 > self.n_ctx:
+            raise ConfigError(f"the prompt has {n_in} tokens, more than the context of {self.n_ctx}")
+        max_tokens = min(max_tokens, self.n_ctx - n_in)
+        processor: Any = None
+        if grammar is not None:
+            processor = _outlines_processor(self._backend, grammar)
+        with self._lock:
+            text = self.outlines_model.generate(
+                prompt, processor, max_new_tokens=max_tokens, do_sample=False
+            )
+        assert isinstance(text, str)
+        n_out = self.count_tokens(text)
+        return Generation(
+            text=text,
+            input_tokens=n_in,
+            output_tokens=n_out,
+            finish_reason="length" if n_out >= max_tokens else "stop",
+            seconds=time.perf_counter() - start,
+        )

