@@ -108,7 +108,9 @@ class Extractor:
         clean = clean_text(text, self.settings.max_input_chars)
         usable, skipped = self._plan(compiled)
         result = Result(attempts=list(skipped))
-        deadline = None
+        deadline = (
+            time.monotonic() + self.settings.deadline_s if self.settings.deadline_s is not None else None
+        )
         for tier in usable:
             task = Task(text=clean, spec=compiled, settings=self.settings,
                         history=list(result.attempts), deadline=deadline)

@@ -19,11 +19,17 @@ class Address(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     AddressNumber: str | None = Field(None, max_length=16, description="house or building number")
-    StreetNamePreDirectional: str | None = Field(None, max_length=16, description="compass direction before the street name")
+    StreetNamePreDirectional: str | None = Field(
+        None, max_length=16, description="compass direction before the street name"
+    )
     StreetNamePreType: str | None = Field(None, max_length=24, description="street type written before the street name")
     StreetName: str | None = Field(None, max_length=64, description="the street's name without its type")
-    StreetNamePostType: str | None = Field(None, max_length=24, description="street type after the name (street, avenue, road...)")
-    StreetNamePostDirectional: str | None = Field(None, max_length=16, description="compass direction after the street type")
+    StreetNamePostType: str | None = Field(
+        None, max_length=24, description="street type after the name (street, avenue, road...)"
+    )
+    StreetNamePostDirectional: str | None = Field(
+        None, max_length=16, description="compass direction after the street type"
+    )
     OccupancyType: str | None = Field(None, max_length=24, description="unit type (suite, apartment, room...)")
     OccupancyIdentifier: str | None = Field(None, max_length=24, description="unit number")
     USPSBoxType: str | None = Field(None, max_length=24, description="post office box type")

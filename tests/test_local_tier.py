@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from extract import ConfigError, Extractor, Regex, UnsupportedSchema, extract
-from extract.providers.local_model import file_digest, embedded_model_path
+from extract.providers.local_model import embedded_model_path, file_digest
 from extract.spec.prompt import PROMPT_VERSION
 
 
@@ -132,8 +132,11 @@ FEATURE_MODELS: dict[str, tuple[type[BaseModel] | dict[str, Any], str]] = {
         "apples: 3, pears: 5",
     ),
     "json_schema_dict": (
-        {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
-         "required": ["city", "zip"]},
+        {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+            "required": ["city", "zip"],
+        },
         "Springfield 12345",
     ),
 }
@@ -211,7 +214,7 @@ def test_bad_text_is_a_clear_config_error(local: Extractor, text: Any, message: 
 
 
 def test_utf8_bytes_are_accepted(local: Extractor) -> None:
-    result = local.run("Mimi the cat, 4 years".encode(), Pet)
+    result = local.run(b"Mimi the cat, 4 years", Pet)
     assert result.ok
 
 

@@ -51,7 +51,9 @@ class TransformersModel:
             ) from None
         self.n_ctx = settings.n_ctx
         self._lock = threading.Lock()
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="transformers")
+        self.executor: concurrent.futures.Executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="transformers"
+        )
         digest = file_digest(path)
         self.info = ModelInfo(name=path.name, digest=digest, backend="transformers")
         if path.is_file() and path.suffix == ".gguf":
@@ -85,7 +87,7 @@ class TransformersModel:
         self.tokenizer = tokenizer
         self.outlines_model = outlines.from_transformers(hf_model, tokenizer)
         # We render the chat template ourselves; stop Outlines from wrapping it again.
-        self.outlines_model.type_adapter.has_chat_template = False
+        self.outlines_model.type_adapter.has_chat_template = False  # type: ignore[attr-defined]
         self._backend = LLGuidanceBackend(self.outlines_model)
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(f"{path} has no chat template")

@@ -21,7 +21,7 @@ from extract.errors import ConfigError, UnsupportedSchema
 from extract.spec.features import detect_features
 from extract.spec.model import Regex, Spec, canonical_json
 
-__all__ = ["compile_spec", "local_constraint", "length_bucket", "max_output_chars"]
+__all__ = ["compile_spec", "length_bucket", "local_constraint", "max_output_chars"]
 
 
 @lru_cache(maxsize=256)

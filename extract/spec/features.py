@@ -142,7 +142,7 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, str]]:
         yield _FORMATS.get(node["format"], "format_other"), path
     if "default" in node:
         yield "default", path
-    if "uniqueItems" in node and node["uniqueItems"]:
+    if node.get("uniqueItems"):
         yield "unique_items", path
     if "not" in node:
         yield "not", path

@@ -41,7 +41,7 @@ def _type_of(node: dict[str, Any]) -> str:
         nullable = any(s.get("type") == "null" for s in node["anyOf"])
         return " or ".join(parts) + (" or null" if nullable else "")
     if "$ref" in node:
-        return node["$ref"].rsplit("/", 1)[-1]
+        return str(node["$ref"]).rsplit("/", 1)[-1]
     t = node.get("type", "any")
     if t == "array":
         return f"list of {_type_of(node.get('items', {}))}"

@@ -129,7 +129,8 @@ def check(raw: str | None, spec: Spec, *, truncated: bool = False) -> Checked:
             import json_repair
 
             fixed = json_repair.loads(text)
-            if fixed in ("", None) or (isinstance(fixed, (dict, list)) and not fixed and text.strip() not in ("{}", "[]")):
+            empty = isinstance(fixed, (dict, list)) and not fixed and text.strip() not in ("{}", "[]")
+            if fixed in ("", None) or empty:
                 return Checked(
                     error=AttemptError(
                         type="truncated" if truncated else "invalid_json",

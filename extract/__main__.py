@@ -1,0 +1,5 @@
+"""``python -m extract`` is the ``extract`` console script."""
+
+from extract.cli import app
+
+app()

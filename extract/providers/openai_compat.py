@@ -1,0 +1,660 @@
+"""Talking to an OpenAI-compatible endpoint: one client, one reliability policy, one error boundary.
+
+Both remote tiers (native and instructor) send every request through ``Connection.chat``,
+so they share one implementation of what makes a flaky endpoint usable:
+
+- **retries** (tenacity) of transient failures only: 429 (honouring ``Retry-After``), 5xx,
+  timeouts, refused or reset connections, bodies cut mid-way, bodies that are not JSON or
+  not a chat completion. Waits are capped, jittered exponential (full jitter). Permanent
+  failures (400, 401, 403, 404, a 500 that names ``response_format``) are never retried.
+- **a circuit breaker per endpoint** that opens after ``breaker_threshold`` consecutive
+  transient failures, fails fast while open (so the chain moves on to its next tier with
+  the reason recorded), and lets one probe call through after ``breaker_cooldown_s``.
+- **a deadline** per extraction (``Task.deadline``): no call starts after it, and no
+  request timeout or retry wait reaches past it.
+- **one error boundary**, ``normalise``: every openai/httpx exception becomes a
+  ``ProviderError`` naming the endpoint (its name or URL, never the key), with ``transient``,
+  ``status`` and ``retry_after``. The original exception is dropped (``from None``): openai's
+  exceptions carry the request, and the request carries the ``Authorization`` header.
+
+It also holds what is learnt about an endpoint for the life of the process: the capability
+ladder of ``response_format`` modes it accepts, its breaker, and the model name it serves.
+
+This module imports no tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from extract.errors import ConfigError, ProviderError
+from extract.settings import Settings
+from extract.types import AttemptError
+
+__all__ = [
+    "LADDER",
+    "CapabilityLadder",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "Connection",
+    "DeadlineExceeded",
+    "Endpoint",
+    "EndpointState",
+    "Mode",
+    "attempt_error",
+    "detect_capabilities",
+    "endpoint_state",
+    "is_mode_rejection",
+    "normalise",
+    "reset_endpoint_states",
+    "response_format_for",
+]
+
+log = logging.getLogger("extract.remote")
+
+Mode = Literal["json_schema", "json_object_schema", "json_object", "prompt"]
+
+# The capability ladder, strongest first. What each rung sends as ``response_format``:
+# OpenAI's strict structured outputs; llama.cpp's json_object with a schema (enforced by a
+# grammar); any JSON object; nothing (the prompt alone asks for JSON).
+LADDER: tuple[Mode, ...] = ("json_schema", "json_object_schema", "json_object", "prompt")
+
+
+def response_format_for(mode: Mode, schema: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The ``response_format`` body field for one rung of the ladder."""
+    if mode == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
+    if mode == "json_object_schema":
+        return {"type": "json_object", "schema": schema}
+    if mode == "json_object":
+        return {"type": "json_object"}
+    return None
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password and query: safe to print and to put in a report."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to send requests and how hard to try; built from ``Settings`` (and a name)."""
+
+    name: str
+    base_url: str
+    model: str | None
+    api_key: SecretStr | None = field(repr=False)
+    timeout_s: float
+    max_retries: int
+    backoff_initial_s: float
+    backoff_max_s: float
+    retry_after_max_s: float
+    breaker_threshold: int
+    breaker_cooldown_s: float
+
+    @property
+    def label(self) -> str:
+        """How the endpoint is named in messages, attempts and reports (never the key)."""
+        url = redact_url(self.base_url)
+        return url if self.name == "default" else f"{self.name} ({url})"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.base_url, self.model or "")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, name: str | None = None) -> Endpoint:
+        """The default endpoint (``base_url``...) or the named one from ``endpoints``."""
+        common: dict[str, Any] = dict(
+            backoff_initial_s=settings.backoff_initial_s,
+            backoff_max_s=settings.backoff_max_s,
+            retry_after_max_s=settings.retry_after_max_s,
+            breaker_threshold=settings.breaker_threshold,
+            breaker_cooldown_s=settings.breaker_cooldown_s,
+        )
+        if name is None or (name == "default" and "default" not in settings.endpoints):
+            if settings.base_url is None:
+                raise ConfigError("no base_url configured (set EXTRACT_BASE_URL or base_url=)")
+            return cls(
+                name="default",
+                base_url=settings.base_url,
+                model=settings.model,
+                api_key=settings.api_key,
+                timeout_s=settings.timeout_s,
+                max_retries=settings.max_retries,
+                **common,
+            )
+        try:
+            ep = settings.endpoints[name]
+        except KeyError:
+            known = ", ".join(sorted(settings.endpoints)) or "none configured"
+            raise ConfigError(f"unknown endpoint {name!r} (known: {known})") from None
+        return cls(
+            name=name,
+            base_url=ep.base_url,
+            model=ep.model,
+            api_key=ep.api_key,
+            timeout_s=ep.timeout_s if ep.timeout_s is not None else settings.timeout_s,
+            max_retries=ep.max_retries if ep.max_retries is not None else settings.max_retries,
+            **common,
+        )
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+class CircuitOpen(ProviderError):
+    """The endpoint's breaker is open: no call was made."""
+
+
+class DeadlineExceeded(ProviderError):
+    """The extraction's deadline passed: no further call is made."""
+
+
+_MODE_WORDS = re.compile(r"response_format|json_schema|json_object|grammar|schema", re.I)
+_CONTEXT_WORDS = re.compile(r"context|too long|maximum.*tokens", re.I)
+
+
+def is_mode_rejection(exc: ProviderError) -> bool:
+    """Did the endpoint refuse the request's shape (a ladder step down), not the request?
+
+    llama.cpp's server answers ``json_schema`` with HTTP 500 naming ``response_format``
+    (measured, llama-cpp-python 0.3); other servers answer 400. A 400 about the context
+    length is not about the format: stepping down would not help.
+    """
+    if exc.status == 400:
+        return not _CONTEXT_WORDS.search(str(exc))
+    return exc.status == 500 and bool(_MODE_WORDS.search(str(exc)))
+
+
+def _retry_after(headers: Any) -> float | None:
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(float(ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _scrub(text: str, endpoint: Endpoint) -> str:
+    """Drop the key from server text, in case a server echoes it back; keep it short."""
+    if endpoint.api_key is not None:
+        secret = endpoint.api_key.get_secret_value()
+        if secret:
+            text = text.replace(secret, "**********")
+    text = re.sub(r"(?i)(bearer\s+)\S+", r"\1**********", text)
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _server_message(body: Any, fallback: str) -> str:
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+        return json.dumps(body)[:300]
+    if isinstance(body, str) and body:
+        return body
+    return fallback
+
+
+_PERMANENT_HINT = {
+    400: "the endpoint rejected the request",
+    401: "the endpoint rejected the API key (check EXTRACT_API_KEY)",
+    403: "the API key may not use this endpoint or model",
+    404: "not found: check base_url (it usually ends in /v1) and the model name",
+    422: "the endpoint could not process the request",
+}
+
+
+def normalise(exc: BaseException, endpoint: Endpoint) -> ProviderError:
+    """The one boundary where openai/httpx exceptions become ``ProviderError``.
+
+    Messages are built here from the status and the server's own message, and say whether
+    trying again can help. Callers do not chain the openai exception (``raise ... from
+    None``): it references the request, and so the ``Authorization`` header.
+    """
+    import httpx
+    import openai
+
+    if isinstance(exc, ProviderError):
+        return exc
+    status: int | None = None
+    retry_after: float | None = None
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        server = _scrub(_server_message(exc.body, exc.response.reason_phrase), endpoint)
+        if status in (408, 409, 425, 429) or status >= 500:
+            # llama.cpp refuses an unknown response_format with a 500: a refusal, not an outage.
+            transient = not (status == 500 and bool(_MODE_WORDS.search(server)))
+            retry_after = _retry_after(exc.response.headers)
+            what = f"HTTP {status} ({'rate limited' if status == 429 else 'server error'}): {server}"
+        else:
+            transient = False
+            hint = _PERMANENT_HINT.get(status, "the endpoint refused the request")
+            what = f"HTTP {status}, {hint}: {server}"
+    elif isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
+        transient, what = True, "the request timed out"
+    elif isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        transient = True
+        if isinstance(cause, httpx.ConnectError):
+            what = "connection refused or host unreachable (is the server running?)"
+        elif isinstance(cause, httpx.RemoteProtocolError):
+            what = "the connection closed before a complete response (cut or reset)"
+        elif isinstance(cause, httpx.UnsupportedProtocol):
+            transient, what = False, "unsupported URL scheme"
+        else:
+            what = f"connection failed ({type(cause).__name__ if cause else 'no detail'})"
+    elif isinstance(exc, openai.APIResponseValidationError):
+        transient, status, what = True, exc.status_code, "the response body is not a valid completion"
+    elif isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+        transient, what = True, "the response body is not JSON (malformed or truncated)"
+    elif isinstance(exc, httpx.TransportError):
+        transient, what = True, f"transport error ({type(exc).__name__})"
+    elif isinstance(exc, openai.OpenAIError):
+        transient, what = False, f"client error ({type(exc).__name__})"
+    else:
+        raise exc
+    verdict = "transient, worth retrying" if transient else "permanent, not retried"
+    return ProviderError(
+        f"endpoint {endpoint.label}: {what} [{verdict}]",
+        endpoint=endpoint.label, transient=transient, status=status, retry_after=retry_after,
+    )
+
+
+def attempt_error(exc: ProviderError) -> AttemptError:
+    """How a provider failure is recorded on an Attempt (a cause a report can count)."""
+    if isinstance(exc, CircuitOpen):
+        kind = "breaker_open"
+    elif isinstance(exc, DeadlineExceeded):
+        kind = "deadline"
+    else:
+        kind = "provider_error"
+    return AttemptError(
+        type=kind,
+        message=str(exc),
+        details=[{
+            "endpoint": exc.endpoint,
+            "transient": exc.transient,
+            "status": exc.status,
+            "retry_after": exc.retry_after,
+        }],
+    )
+
+
+# -- what is learnt about an endpoint -----------------------------------------------------
+
+
+class CapabilityLadder:
+    """Which ``response_format`` modes an endpoint accepts, learnt by being refused.
+
+    Starts at the strongest rung; a refusal steps down and is remembered with its reason,
+    so each endpoint pays for a refused mode once per process. ``confirmed`` is the rung
+    that last produced an answer.
+    """
+
+    def __init__(self) -> None:
+        self.rejected: dict[str, str] = {}
+        self.confirmed: Mode | None = None
+
+    def current(self) -> Mode:
+        return next(m for m in LADDER if m not in self.rejected)
+
+    def reject(self, mode: Mode, reason: str) -> None:
+        if mode != "prompt":
+            self.rejected.setdefault(mode, reason)
+        if self.confirmed == mode:
+            self.confirmed = None
+
+    def confirm(self, mode: Mode) -> None:
+        self.confirmed = mode
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"mode": self.current(), "confirmed": self.confirmed, "rejected": dict(self.rejected)}
+
+
+class CircuitBreaker:
+    """Closed -> open after ``threshold`` consecutive transient failures -> half-open after
+    ``cooldown_s`` (one probe call) -> closed on success, open again on failure."""
+
+    def __init__(self, threshold: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic):
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.probing = False
+        self.last_error: str | None = None
+        self.times_opened = 0
+
+    @property
+    def state(self) -> Literal["closed", "open", "half_open"]:
+        if self.opened_at is None:
+            return "closed"
+        if self.clock() - self.opened_at >= self.cooldown_s:
+            return "half_open"
+        return "open"
+
+    def before_call(self, endpoint: str) -> None:
+        state = self.state
+        if state == "closed":
+            return
+        if state == "half_open" and not self.probing:
+            self.probing = True
+            return
+        assert self.opened_at is not None
+        wait = max(self.cooldown_s - (self.clock() - self.opened_at), 0.0)
+        raise CircuitOpen(
+            f"endpoint {endpoint}: circuit breaker open after {self.failures} consecutive "
+            f"failures (last: {self.last_error}); next probe in {wait:.1f} s",
+            endpoint=endpoint, transient=True, retry_after=wait,
+        )
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self.probing = False
+
+    def failure(self, reason: str) -> None:
+        self.failures += 1
+        self.last_error = reason
+        if self.probing or self.failures >= self.threshold:
+            if self.opened_at is None or self.probing:
+                self.times_opened += 1
+            self.opened_at = self.clock()
+            self.probing = False
+
+
+@dataclass
+class EndpointState:
+    """Everything remembered about one endpoint for the life of the process."""
+
+    ladder: CapabilityLadder
+    breaker: CircuitBreaker
+    served_model: str | None = None
+    instructor_rejected: dict[str, str] = field(default_factory=dict)
+    instructor_confirmed: set[str] = field(default_factory=set)
+
+
+_STATES: dict[tuple[str, str], EndpointState] = {}
+
+
+def endpoint_state(endpoint: Endpoint) -> EndpointState:
+    state = _STATES.get(endpoint.key)
+    if state is None:
+        state = EndpointState(
+            ladder=CapabilityLadder(),
+            breaker=CircuitBreaker(endpoint.breaker_threshold, endpoint.breaker_cooldown_s),
+        )
+        _STATES[endpoint.key] = state
+    else:
+        # Settings may differ between Extractors on one endpoint: the latest wins.
+        state.breaker.threshold = endpoint.breaker_threshold
+        state.breaker.cooldown_s = endpoint.breaker_cooldown_s
+    return state
+
+
+def reset_endpoint_states() -> None:
+    """Forget every ladder, breaker and model name (tests start from a clean process view)."""
+    _STATES.clear()
+
+
+# -- the connection ------------------------------------------------------------------------
+
+
+def _retryable(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, ProviderError)
+        and exc.transient
+        and not isinstance(exc, (CircuitOpen, DeadlineExceeded))
+    )
+
+
+class Connection:
+    """One open HTTP client on one endpoint, for the calls of one tier in one extraction.
+
+    Opened per extraction (``async with``) because an httpx pool is bound to the event loop
+    it was created in, and the sync API runs each extraction in a fresh loop. What outlives
+    it (ladder, breaker, model name) is in ``EndpointState``.
+    """
+
+    def __init__(self, endpoint: Endpoint, deadline: float | None = None) -> None:
+        import openai
+
+        self.endpoint = endpoint
+        self.deadline = deadline
+        self.state = endpoint_state(endpoint)
+        key = endpoint.api_key.get_secret_value() if endpoint.api_key is not None else ""
+        # openai insists on a key; servers without auth ignore this placeholder.
+        self.client = openai.AsyncOpenAI(
+            base_url=endpoint.base_url,
+            api_key=key or "no-key",
+            timeout=endpoint.timeout_s,
+            max_retries=0,  # retries are ours (tenacity, below): one policy for both tiers
+        )
+        self.http_tries = 0
+        self.transport_errors: list[str] = []
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.client.close()
+
+    def time_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def _check_deadline(self) -> float:
+        """The timeout for the next request; raises when the deadline has passed."""
+        left = self.time_left()
+        if left is None:
+            return self.endpoint.timeout_s
+        if left <= 0.01:
+            raise DeadlineExceeded(
+                f"endpoint {self.endpoint.label}: the extraction deadline passed",
+                endpoint=self.endpoint.label, transient=True,
+            )
+        return min(self.endpoint.timeout_s, left)
+
+    def _wait(self, rs: RetryCallState) -> float:
+        exc = rs.outcome.exception() if rs.outcome is not None else None
+        if isinstance(exc, ProviderError) and exc.retry_after is not None:
+            wait = min(exc.retry_after, self.endpoint.retry_after_max_s)
+        else:
+            wait = wait_random_exponential(
+                multiplier=self.endpoint.backoff_initial_s, max=self.endpoint.backoff_max_s
+            )(rs)
+        left = self.time_left()
+        return wait if left is None else max(min(wait, left - 0.02), 0.0)
+
+    def _stop(self, rs: RetryCallState) -> bool:
+        if stop_after_attempt(self.endpoint.max_retries + 1)(rs):
+            return True
+        exc = rs.outcome.exception() if rs.outcome is not None else None
+        if isinstance(exc, ProviderError) and exc.retry_after is not None:
+            if exc.retry_after > self.endpoint.retry_after_max_s:
+                return True  # asked to wait longer than we will: fail fast, transient
+            left = self.time_left()
+            if left is not None and exc.retry_after >= left:
+                return True
+        left = self.time_left()
+        return left is not None and left <= 0.02
+
+    async def _reliably(self, what: str, call: Callable[[float], Awaitable[Any]]) -> Any:
+        """Run ``call(timeout)`` under the breaker, the deadline and the retry policy."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_retryable),
+            wait=self._wait,
+            stop=self._stop,
+            reraise=True,
+            before_sleep=self._log_retry,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._once(what, call)
+        except ProviderError as exc:
+            left = self.time_left()
+            if left is not None and left <= 0.02 and not isinstance(exc, (DeadlineExceeded, CircuitOpen)):
+                raise DeadlineExceeded(
+                    f"endpoint {self.endpoint.label}: the extraction deadline passed "
+                    f"after {self.http_tries} tries (last: {exc})",
+                    endpoint=self.endpoint.label, transient=True, status=exc.status,
+                ) from None
+            raise
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _once(self, what: str, call: Callable[[float], Awaitable[Any]]) -> Any:
+        breaker = self.state.breaker
+        timeout = self._check_deadline()
+        breaker.before_call(self.endpoint.label)
+        self.http_tries += 1
+        try:
+            result = await call(timeout)
+        except asyncio.CancelledError:
+            breaker.probing = False
+            raise
+        except Exception as raw:
+            err = normalise(raw, self.endpoint)
+            self._record(err)
+            raise err from None
+        problem = _malformed(what, result)
+        if problem is not None:
+            err = ProviderError(
+                f"endpoint {self.endpoint.label}: {problem}", endpoint=self.endpoint.label, transient=True
+            )
+            self._record(err)
+            raise err
+        breaker.success()
+        return result
+
+    def _record(self, err: ProviderError) -> None:
+        self.transport_errors.append(str(err))
+        if err.transient:
+            self.state.breaker.failure(str(err))
+        else:
+            # The server answered, so it is up: a permanent refusal does not trip the breaker.
+            self.state.breaker.success()
+
+    def _log_retry(self, rs: RetryCallState) -> None:
+        exc = rs.outcome.exception() if rs.outcome is not None else None
+        sleep = rs.next_action.sleep if rs.next_action is not None else 0.0
+        log.info("retrying in %.2f s after try %d: %s", sleep, rs.attempt_number, exc)
+
+    async def chat(self, **kwargs: Any) -> Any:
+        """One chat completion (a ``ChatCompletion``), retried as the policy says."""
+        return await self._reliably(
+            "chat", lambda timeout: self.client.chat.completions.create(timeout=timeout, **kwargs)
+        )
+
+    async def served_model(self) -> str:
+        """The model to name in requests: configured, or the first one ``/v1/models`` lists."""
+        if self.endpoint.model:
+            return self.endpoint.model
+        if self.state.served_model is None:
+            page = await self._reliably("models", lambda timeout: self.client.models.list(timeout=timeout))
+            ids = [m.id for m in getattr(page, "data", []) if getattr(m, "id", None)]
+            if not ids:
+                raise ProviderError(
+                    f"endpoint {self.endpoint.label}: /models lists no model; set EXTRACT_MODEL",
+                    endpoint=self.endpoint.label, transient=False,
+                )
+            self.state.served_model = ids[0]
+        return self.state.served_model
+
+
+def _malformed(what: str, result: Any) -> str | None:
+    """Why a 2xx answer is unusable, or None. openai returns the body text (a str) when the
+    content type is not JSON, and a model with missing parts when the JSON is not a
+    completion: both are a broken gateway, worth a retry."""
+    if what == "chat":
+        from openai.types.chat import ChatCompletion
+
+        if not isinstance(result, ChatCompletion):
+            return f"the response is not a chat completion (got {type(result).__name__}; wrong content type?)"
+        if not result.choices or getattr(result.choices[0], "message", None) is None:
+            return "the response has no choices"
+    elif what == "models" and isinstance(result, str):
+        return "the /models response is not JSON (wrong content type?)"
+    return None
+
+
+async def detect_capabilities(
+    endpoint: Endpoint, *, deadline: float | None = None, max_tokens: int = 24
+) -> CapabilityLadder:
+    """Probe the ladder from the top with a tiny request per rung, until one is honoured.
+
+    A rung counts only when the answer validates against the probe schema, so a server that
+    silently ignores ``schema`` inside ``json_object`` is not credited with enforcing it.
+    The result is remembered in the endpoint's state (the same ladder the native tier uses).
+    """
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": ["probe-ok"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    messages = [{"role": "user", "content": 'Reply with a JSON object with the key "answer".'}]
+    async with Connection(endpoint, deadline) as conn:
+        ladder = conn.state.ladder
+        model = await conn.served_model()
+        while True:
+            mode = ladder.current()
+            if mode == "prompt":
+                return ladder
+            fmt = response_format_for(mode, schema, "probe")
+            try:
+                resp = await conn.chat(
+                    model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                    response_format=fmt,
+                )
+            except ProviderError as exc:
+                if is_mode_rejection(exc):
+                    ladder.reject(mode, str(exc))
+                    continue
+                raise
+            content = resp.choices[0].message.content or ""
+            try:
+                jsonschema.validate(json.loads(content), schema)
+            except (ValueError, jsonschema.ValidationError):
+                ladder.reject(mode, f"accepted but not enforced (answer {content[:60]!r})")
+                continue
+            ladder.confirm(mode)
+            return ladder

@@ -1,0 +1,184 @@
+"""The native tier: one call using the endpoint's own structured-output mode.
+
+The mode comes from the endpoint's capability ladder (``json_schema`` strict ->
+``json_object`` + schema -> ``json_object`` -> prompt only), learnt by being refused and
+remembered for the process. A refused mode steps down within the same attempt and is
+recorded in ``Attempt.meta["rejected_modes"]``; it is not an extraction failure. The schema
+sent is the spec's own, closed (``additionalProperties: false``) and with bounded strings
+(``local_constraint``), because an open schema lets a small model wander into extra keys
+and an unbounded string lets it repeat a word until the token limit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from extract.errors import ConfigError, ProviderError
+from extract.providers.openai_compat import (
+    Connection,
+    Endpoint,
+    Mode,
+    attempt_error,
+    is_mode_rejection,
+    response_format_for,
+)
+from extract.settings import Settings
+from extract.spec import Spec, ensure_supported, local_constraint, max_output_chars
+from extract.spec.prompt import PROMPT_VERSION, build_messages
+from extract.tiers.base import Task
+from extract.types import Attempt, ModelInfo, Usage
+from extract.validate import check
+
+__all__ = ["NativeTier", "closed_schema", "output_budget", "usage_of"]
+
+# A remote answer is never allowed more than this many tokens unless max_tokens says so:
+# a bounded schema on a long input can allow thousands, and a runaway small model uses them.
+_MAX_REMOTE_TOKENS = 1024
+_MIN_REMOTE_TOKENS = 16
+
+
+def closed_schema(spec: Spec, text: str) -> dict[str, Any]:
+    """The spec's schema, closed and bounded for this input, without llguidance's own key."""
+    schema: dict[str, Any] = json.loads(local_constraint(spec, text))
+    schema.pop("x-guidance", None)
+    schema.setdefault("title", spec.name)
+    return schema
+
+
+def schema_name(spec: Spec) -> str:
+    """A function/schema name servers accept (OpenAI: ``^[a-zA-Z0-9_-]{1,64}$``)."""
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", spec.name)[:64] or "extraction"
+
+
+def output_budget(settings: Settings, schema: dict[str, Any] | None) -> int:
+    if settings.max_tokens is not None:
+        return settings.max_tokens
+    if schema is None:
+        return 256
+    return max(_MIN_REMOTE_TOKENS, min(max_output_chars(schema) + 8, _MAX_REMOTE_TOKENS))
+
+
+def usage_of(response: Any) -> Usage:
+    """The server's own token counts (zeros when it reports none)."""
+    usage = getattr(response, "usage", None)
+    if usage is None:
+        return Usage()
+    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+    completion = int(getattr(usage, "completion_tokens", 0) or 0)
+    total = int(getattr(usage, "total_tokens", 0) or (prompt + completion))
+    return Usage(input_tokens=prompt, output_tokens=completion, total_tokens=total)
+
+
+class NativeTier:
+    """An OpenAI-compatible endpoint's structured mode, one call per extraction."""
+
+    def __init__(self, settings: Settings, endpoint: str | None = None) -> None:
+        self.settings = settings
+        self.endpoint_name = endpoint
+        self.name = "native" if endpoint is None else f"native@{endpoint}"
+
+    def unavailable(self) -> str | None:
+        try:
+            Endpoint.from_settings(self.settings, self.endpoint_name)
+        except ConfigError as exc:
+            return str(exc)
+        return None
+
+    def check_support(self, spec: Spec) -> None:
+        ensure_supported(spec.features, "native")
+
+    async def attempts(self, task: Task) -> list[Attempt]:
+        endpoint = Endpoint.from_settings(self.settings, self.endpoint_name)
+        spec = task.spec
+        schema = closed_schema(spec, task.text) if spec.is_json else None
+        messages = build_messages(spec, task.text)
+        budget = output_budget(self.settings, schema)
+        rejected: list[dict[str, str]] = []
+        meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget}
+        started = time.perf_counter()
+        model_name: str | None = endpoint.model
+        async with Connection(endpoint, task.deadline) as conn:
+            try:
+                model_name = await conn.served_model()
+                while True:
+                    mode: Mode = conn.state.ladder.current() if schema is not None else "prompt"
+                    meta["mode"] = mode
+                    fmt = response_format_for(mode, schema, schema_name(spec)) if schema else None
+                    call_started = time.perf_counter()
+                    try:
+                        response = await conn.chat(
+                            model=model_name,
+                            messages=messages,
+                            max_tokens=budget,
+                            temperature=0,
+                            **({"response_format": fmt} if fmt is not None else {}),
+                        )
+                    except ProviderError as exc:
+                        # A refusal of a mode this endpoint has already answered in is a
+                        # fault of the moment (a flaky gateway's 400), not a missing ability.
+                        confirmed = conn.state.ladder.confirmed == mode
+                        if mode != "prompt" and is_mode_rejection(exc) and not confirmed:
+                            conn.state.ladder.reject(mode, str(exc))
+                            rejected.append({"mode": mode, "reason": str(exc)})
+                            continue
+                        raise
+                    conn.state.ladder.confirm(mode)
+                    break
+            except ProviderError as exc:
+                return [self._failed(exc, model_name, started, meta, rejected, conn)]
+            latency = time.perf_counter() - call_started
+        choice = response.choices[0]
+        raw = choice.message.content
+        finish = choice.finish_reason
+        checked = check(raw, spec, truncated=finish == "length")
+        if checked.error is None and finish == "length":
+            checked.repaired = True  # valid only because the repair closed what the limit cut
+        return [
+            Attempt(
+                tier=self.name,
+                model=ModelInfo(name=response.model or model_name or "", backend="openai-compatible"),
+                prompt_version=PROMPT_VERSION,
+                raw=raw,
+                value=checked.value if checked.error is None else None,
+                error=checked.error,
+                usage=usage_of(response),
+                latency_s=latency,
+                repaired=checked.repaired,
+                repairs=checked.repairs,
+                truncated_input=task.truncated_input,
+                finish_reason=finish,
+                meta={
+                    **meta,
+                    "http_tries": conn.http_tries,
+                    **({"transport_errors": conn.transport_errors} if conn.transport_errors else {}),
+                    **({"rejected_modes": rejected} if rejected else {}),
+                    "wall_s": time.perf_counter() - started,
+                },
+            )
+        ]
+
+    def _failed(
+        self,
+        exc: ProviderError,
+        model_name: str | None,
+        started: float,
+        meta: dict[str, Any],
+        rejected: list[dict[str, str]],
+        conn: Connection,
+    ) -> Attempt:
+        return Attempt(
+            tier=self.name,
+            model=ModelInfo(name=model_name, backend="openai-compatible") if model_name else None,
+            prompt_version=PROMPT_VERSION,
+            error=attempt_error(exc),
+            latency_s=time.perf_counter() - started,
+            meta={
+                **meta,
+                "http_tries": conn.http_tries,
+                **({"transport_errors": conn.transport_errors} if conn.transport_errors else {}),
+                **({"rejected_modes": rejected} if rejected else {}),
+            },
+        )
