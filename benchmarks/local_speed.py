@@ -31,7 +31,7 @@ def p50(xs: list[float]) -> float:
 
 
 def measure(backend: str, n: int, decoder: str) -> dict[str, object]:
-    from extract.providers.local_model import Grammar, _compile_grammar, load_local_model
+    from extract.providers.local_model import Constraint, _compile_grammar, load_local_model
     from extract.settings import Settings
     from extract.spec import compile_spec, local_constraint
     from extract.spec.compile import _constraint
@@ -59,17 +59,17 @@ def measure(backend: str, n: int, decoder: str) -> dict[str, object]:
         _constraint.cache_clear()
         _compile_grammar.cache_clear()
         t = time.perf_counter()
-        g = Grammar("json_schema", local_constraint(compile_spec(s), "x" * 40))
+        g = Constraint("json_schema", local_constraint(compile_spec(s), "x" * 40))
         llguidance.LLMatcher(tokenizer, g.compile())
         cold.append(time.perf_counter() - t)
         for _ in range(5):
             t = time.perf_counter()
-            g = Grammar("json_schema", local_constraint(compile_spec(s), "x" * 40))
+            g = Constraint("json_schema", local_constraint(compile_spec(s), "x" * 40))
             llguidance.LLMatcher(tokenizer, g.compile())
             warm.append(time.perf_counter() - t)
 
     prompts = [model.render(build_messages(spec, r["text"])) for r in rows]
-    grammars = [Grammar("json_schema", local_constraint(spec, r["text"])) for r in rows]
+    grammars = [Constraint("json_schema", local_constraint(spec, r["text"])) for r in rows]
     model.generate(prompts[0], grammars[0], 64)  # warm-up: first decode allocates buffers
 
     def run(constrained: bool, ff: bool = True) -> tuple[int, float, list[int]]:

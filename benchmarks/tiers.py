@@ -13,6 +13,9 @@ records and prints one row per (dataset, policy):
 - ``F1``: field-level F1 against the gold spans (normalised: case, spaces, edge punctuation);
 - ``failures``: the causes of the extractions that produced nothing.
 
+The figures come from ``extract.report`` (the same arithmetic as ``extract bench``, which is
+the full benchmark: every policy, schema corpora, resumable, with plots and an HTML page).
+
 The remote tiers talk to llama-cpp-python's server on the embedded model, started here on a
 free loopback port (or ``--base-url``); ``--fault-rate`` puts the fault proxy in between.
 Only the public API (``Extractor``, ``Result``) is used to extract; the server and proxy are
@@ -23,20 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import statistics
 import sys
 import time
-from collections import Counter
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from extract import Extractor, Result  # noqa: E402
+from extract import Extractor  # noqa: E402
+from extract.report import aggregate, rows_for_result, summarise  # noqa: E402
 from schemas.address import Address  # noqa: E402
 from schemas.snips import INTENT_MODELS  # noqa: E402
 
@@ -78,97 +79,26 @@ def load(dataset: str, sample: int) -> list[Record]:
     raise SystemExit(f"unknown dataset {dataset!r}")
 
 
-_EDGE = re.compile(r"^[\W_]+|[\W_]+$")
+def table(rows: list[dict[str, Any]]) -> str:
+    """The figures as one Markdown table (the same arithmetic as ``extract bench``'s report)."""
+    figures = [run.to_json() for run in aggregate(rows)]
+    header = ["dataset", "policy", "n", "valid%", "+repair%", "calls/ok", "tok/ok", "p50 s", "p95 s", "F1",
+              "failures"]
 
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.0f}"
 
-def norm(value: Any) -> str:
-    return re.sub(r"\s+", " ", _EDGE.sub("", str(value).lower())).strip()
+    def num(x: float | None, digits: int) -> str:
+        return "-" if x is None else f"{x:.{digits}f}"
 
-
-def field_counts(predicted: dict[str, Any], gold: dict[str, Any]) -> tuple[int, int, int]:
-    """(true positives, false positives, false negatives) over (field, value) pairs."""
-    tp = fp = 0
-    matched: set[str] = set()
-    for name, value in predicted.items():
-        if value in (None, ""):
-            continue
-        wanted = gold.get(name)
-        options = wanted if isinstance(wanted, list) else [wanted] if wanted is not None else []
-        if any(norm(value) == norm(o) for o in options):
-            tp += 1
-            matched.add(name)
-        else:
-            fp += 1
-    fn = sum(1 for name in gold if name not in matched)
-    return tp, fp, fn
-
-
-@dataclass
-class Row:
-    dataset: str
-    policy: str
-    n: int = 0
-    valid_as_generated: int = 0
-    valid: int = 0
-    calls: int = 0
-    tokens: int = 0
-    latencies: list[float] = field(default_factory=list)
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
-
-    def add(self, result: Result, gold: dict[str, Any], seconds: float) -> None:
-        self.n += 1
-        self.latencies.append(seconds)
-        self.calls += sum(
-            1 for a in result.attempts if not a.skipped and not (a.error and a.error.type in _NO_CALL)
-        )
-        self.tokens += result.usage.total_tokens
-        predicted: dict[str, Any] = {}
-        if result.ok:
-            self.valid += 1
-            winner = next(a for a in result.attempts if a.ok)
-            if not winner.repaired:
-                self.valid_as_generated += 1
-            value = result.value
-            predicted = value.model_dump() if hasattr(value, "model_dump") else dict(value)
-        else:
-            last = next((a for a in reversed(result.attempts) if a.error), None)
-            self.failures[last.error.type if last and last.error else "none"] += 1
-        tp, fp, fn = field_counts(predicted, gold)
-        self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
-
-    def cells(self) -> list[str]:
-        def pct(k: int) -> str:
-            return f"{100 * k / self.n:.0f}" if self.n else "-"
-
-        def per_ok(total: int, digits: int) -> str:
-            return f"{total / self.valid:.{digits}f}" if self.valid else "-"
-
-        lat = sorted(self.latencies)
-        p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))] if lat else 0.0
-        f1 = 2 * self.tp / (2 * self.tp + self.fp + self.fn) if self.tp + self.fp + self.fn else 0.0
-        fails = ", ".join(f"{k} {v}" for k, v in self.failures.most_common(3)) or "-"
-        return [
-            self.dataset, self.policy, str(self.n), pct(self.valid_as_generated), pct(self.valid),
-            per_ok(self.calls, 1), per_ok(self.tokens, 0),
-            f"{statistics.median(lat):.2f}" if lat else "-", f"{p95:.2f}", f"{f1:.2f}", fails,
-        ]
-
-    def to_json(self) -> dict[str, Any]:
-        keys = ["dataset", "policy", "n", "valid%", "+repair%", "calls/ok", "tok/ok", "p50_s", "p95_s",
-                "F1", "failures"]
-        return dict(zip(keys, self.cells(), strict=True))
-
-
-HEADER = ["dataset", "policy", "n", "valid%", "+repair%", "calls/ok", "tok/ok", "p50 s", "p95 s", "F1",
-          "failures"]
-
-
-def table(rows: list[Row]) -> str:
-    lines = [HEADER, *(r.cells() for r in rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
+    lines = [header] + [
+        [f["data"], f["policy"], str(f["n"]), pct(f["schema_valid_generated"]), pct(f["schema_valid_after_repair"]),
+         num(f["calls_per_valid"], 1), num(f["tokens_per_valid"], 0), num(f["latency_p50_s"], 2),
+         num(f["latency_p95_s"], 2), num(f["field_f1"], 2),
+         ", ".join(f"{k} {v}" for k, v in sorted(f["failures"].items(), key=lambda kv: -kv[1])[:3]) or "-"]
+        for f in figures
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(out)
@@ -211,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
 
     policies = [p for p in args.policies.split(",") if p]
     datasets = [d for d in args.datasets.split(",") if d]
-    rows: list[Row] = []
+    rows: list[dict[str, Any]] = []
     with ExitStack() as stack:
         url = endpoint(args, stack)
         options: dict[str, Any] = {"base_url": url, "timeout_s": args.timeout, "max_retries": 4,
@@ -224,16 +154,16 @@ def main(argv: list[str] | None = None) -> None:
             records = load(dataset, args.sample)
             for policy in policies:
                 extractor = Extractor(tiers=POLICIES[policy], **options)
-                row = Row(dataset, policy)
                 for record in records:
                     started = time.perf_counter()
                     result = extractor.run(record.text, record.spec)
-                    row.add(result, record.gold, time.perf_counter() - started)
-                rows.append(row)
+                    rows += rows_for_result(result, data=dataset, schema=record.spec.__name__, policy=policy,
+                                            item=record.id, latency_s=time.perf_counter() - started,
+                                            gold=record.gold)
                 print(f"# {dataset} {policy}: done", file=sys.stderr, flush=True)
     print(table(rows))
     if args.json is not None:
-        args.json.write_text(json.dumps([r.to_json() for r in rows], indent=2), encoding="utf-8")
+        args.json.write_text(json.dumps(summarise(rows), indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -13,15 +13,19 @@ from extract.errors import (
 from extract.pipeline import Extractor, aextract, extract
 from extract.settings import Settings
 from extract.spec import Regex, Spec, compile_spec
+from extract.spec.grammar import Grammar, sql_grammar_for_sqlite
 from extract.types import Attempt, AttemptError, ModelInfo, Result, Usage
+from extract.validate import Checked, parse_output
 
 __all__ = [
     "Attempt",
     "AttemptError",
+    "Checked",
     "ConfigError",
     "ExtractError",
     "ExtractionFailed",
     "Extractor",
+    "Grammar",
     "ModelInfo",
     "ProviderError",
     "Regex",
@@ -33,4 +37,6 @@ __all__ = [
     "aextract",
     "compile_spec",
     "extract",
+    "parse_output",
+    "sql_grammar_for_sqlite",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -113,6 +114,65 @@ def serve(
         run_server(model, host, port)
     except ExtractError as exc:
         _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="Output folder: attempts.jsonl, summary.json, report.*, plots.")],
+    data: Annotated[Path | None, typer.Option(help="JSONL: {id, text, gold} or {id, schema} rows.")] = None,
+    schema: Annotated[str | None, typer.Option(help="module:Class or a JSON Schema file (extraction rows).")] = None,
+    policy: Annotated[list[str] | None, typer.Option(help="native, instructor, local, repair, chain.")] = None,
+    suite: Annotated[Path | None, typer.Option(help="A suite file of [[run]] tables instead of --data.")] = None,
+    sample: Annotated[int | None, typer.Option(help="Run N rows per data set, drawn with --seed.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --sample draw.")] = 0,
+    where: Annotated[list[str] | None, typer.Option(help="Keep rows whose FIELD equals VALUE (FIELD=VALUE).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint for the remote tiers.")] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="Start the embedded llama.cpp server for the run.")] = False,
+    max_tokens: Annotated[int | None, typer.Option(help="Output token cap per call.")] = None,
+) -> None:
+    """Benchmark policies on labelled data or a schema corpus; resumable; writes a report."""
+    from extract.bench import BenchRun, read_suite, run_bench
+
+    try:
+        if (suite is None) == (data is None):
+            raise ConfigError("give exactly one of --data FILE.jsonl or --suite FILE.toml")
+        bad_where = [w for w in where or [] if "=" not in w]
+        if bad_where:
+            raise ConfigError(f"--where {bad_where[0]!r}: expected FIELD=VALUE")
+        filters = dict(w.partition("=")[::2] for w in where or [])
+        if suite is not None:
+            runs = [
+                BenchRun(data=Path(r["data"]), schema=r.get("schema"),
+                         spec=load_spec(r["schema"], None) if r.get("schema") else None,
+                         policies=list(policy or r.get("policies") or ["local"]),
+                         where={**{str(k): str(v) for k, v in (r.get("where") or {}).items()}, **filters},
+                         max_tokens=max_tokens or r.get("max_tokens"))
+                for r in read_suite(suite)
+            ]
+        else:
+            assert data is not None
+            runs = [BenchRun(data=data, schema=schema, spec=load_spec(schema, None) if schema else None,
+                             policies=list(policy or []), where=filters, max_tokens=max_tokens)]
+        command = shlex.join(["extract", *sys.argv[1:]])
+        summary = run_bench(runs, out, sample=sample, seed=seed, base_url=base_url, serve=serve, command=command)
+    except (ConfigError, UnsupportedSchema) as exc:
+        _fail(exc, 2)
+        return
+    except ExtractError as exc:
+        _fail(exc, 1)
+        return
+    typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+
+
+@app.command()
+def report(folder: Annotated[Path, typer.Argument(help="A bench output folder (with attempts.jsonl).")]) -> None:
+    """Re-render summary.json, report.md, the plots and report.html from attempts.jsonl."""
+    from extract.report import render
+
+    if not (folder / "attempts.jsonl").is_file():
+        _fail(ConfigError(f"{folder} has no attempts.jsonl"), 2)
+    render(folder)
+    typer.echo(str(folder / "report.html"))
 
 
 def main() -> None:  # pragma: no cover - console entry point

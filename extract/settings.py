@@ -123,6 +123,10 @@ class Settings(BaseSettings):
 
     # Chain -----------------------------------------------------------------------------
     tiers: list[str] | None = None
+    repair_max_calls: int = Field(
+        default=1, ge=1, le=2,
+        description="Model calls the repair tier may make (each sees the previous one's errors).",
+    )
 
     @field_validator("model_path")
     @classmethod
@@ -147,5 +151,5 @@ class Settings(BaseSettings):
         if self.tiers:
             return list(self.tiers)
         if self.base_url:
-            return ["native", "instructor", "local"]
-        return ["local"]
+            return ["native", "instructor", "local", "repair"]
+        return ["local", "repair"]

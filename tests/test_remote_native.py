@@ -90,7 +90,11 @@ def test_proxy_rejecting_json_schema_with_400_steps_down(
     ladder = endpoint_state(Endpoint.from_settings(settings)).ladder
     assert ladder.current() == "json_object"
     # A rejected mode is not an extraction failure: the attempt stands on its own output.
-    assert attempt.error is None or attempt.error.type in ("schema_violation", "invalid_json")
+    # (The 135M model's json_object output may still be bad; what matters is that the error
+    # is about the output, never about the mode.)
+    assert attempt.error is None or attempt.error.type in (
+        "schema_violation", "invalid_json", "truncated", "unverified_repair", "ambiguous_output",
+    )
 
 
 def test_breaker_open_moves_the_chain_to_the_backup_endpoint(

@@ -2,7 +2,7 @@
 
 ``load_local_model(settings)`` returns a loaded model from a per-process registry, so every
 extraction in a process shares one copy of the weights. Both backends decode greedily under
-an llguidance grammar compiled by ``Grammar.compile`` (cached per grammar text).
+an llguidance grammar compiled by ``Constraint.compile`` (cached per grammar text).
 
 Why the llama.cpp backend has its own sampling loop: Outlines' LlamaCpp model hands its
 logits processor to llama-cpp-python's ``sample()``, which copies the whole 49k-entry
@@ -35,9 +35,9 @@ from extract.types import ModelInfo
 
 __all__ = [
     "EMBEDDED_MODEL_FILE",
+    "Constraint",
     "Generation",
-    "Grammar",
-    "LocalModel",
+        "LocalModel",
     "embedded_model_path",
     "file_digest",
     "load_local_model",
@@ -95,7 +95,7 @@ def file_digest(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class Grammar:
+class Constraint:
     """A constraint in one of the three forms llguidance compiles."""
 
     kind: GrammarKind
@@ -165,7 +165,7 @@ class LocalModel(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def generate(self, prompt: str, grammar: Grammar | None, max_tokens: int) -> Generation: ...
+    def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int) -> Generation: ...
 
 
 class LlamaCppModel:
@@ -236,13 +236,13 @@ class LlamaCppModel:
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text))
 
-    def generate(self, prompt: str, grammar: Grammar | None, max_tokens: int) -> Generation:
+    def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int) -> Generation:
         with self._lock:  # one llama context: decodes are serialised per model
             if self._decoder == "outlines":
                 return self._generate_outlines(prompt, grammar, max_tokens)
             return self._generate_fast(prompt, grammar, max_tokens)
 
-    def _generate_fast(self, prompt: str, grammar: Grammar | None, max_tokens: int) -> Generation:
+    def _generate_fast(self, prompt: str, grammar: Constraint | None, max_tokens: int) -> Generation:
         import llama_cpp
         import llguidance
         import llguidance.numpy as llg_np
@@ -333,7 +333,7 @@ class LlamaCppModel:
         llm.n_tokens = keep  # eval() drops the KV cache past n_tokens
         llm.eval(prompt_tokens[keep:])
 
-    def _generate_outlines(self, prompt: str, grammar: Grammar | None, max_tokens: int) -> Generation:
+    def _generate_outlines(self, prompt: str, grammar: Constraint | None, max_tokens: int) -> Generation:
         start = time.perf_counter()
         n_in = self.count_tokens(prompt)
         processor = None
@@ -354,7 +354,7 @@ class LlamaCppModel:
         )
 
 
-def _outlines_processor(backend: Any, grammar: Grammar) -> Any:
+def _outlines_processor(backend: Any, grammar: Constraint) -> Any:
     if grammar.kind == "json_schema":
         return backend.get_json_schema_logits_processor(grammar.text)
     if grammar.kind == "regex":

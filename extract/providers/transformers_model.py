@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from extract.errors import ConfigError
-from extract.providers.local_model import Generation, Grammar, _outlines_processor, file_digest
+from extract.providers.local_model import Constraint, Generation, _outlines_processor, file_digest
 from extract.settings import Settings
 from extract.types import ModelInfo
 
@@ -101,7 +101,7 @@ class TransformersModel:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate(self, prompt: str, grammar: Grammar | None, max_tokens: int) -> Generation:
+    def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int) -> Generation:
         start = time.perf_counter()
         n_in = self.count_tokens(prompt)
         if n_in + 1 > self.n_ctx:

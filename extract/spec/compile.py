@@ -19,6 +19,7 @@ from pydantic import BaseModel, PydanticUserError
 
 from extract.errors import ConfigError, UnsupportedSchema
 from extract.spec.features import detect_features
+from extract.spec.grammar import Grammar
 from extract.spec.model import Regex, Spec, canonical_json
 
 __all__ = ["compile_spec", "length_bucket", "local_constraint", "max_output_chars"]
@@ -71,7 +72,7 @@ def _check_schema(schema: dict[str, Any]) -> None:
 
 
 def compile_spec(spec: Any) -> Spec:
-    """Accept a Pydantic model class, a JSON Schema dict, a ``Regex`` or a ``Spec``."""
+    """Accept a Pydantic model class, a JSON Schema dict, a ``Regex``, a ``Grammar`` or a ``Spec``."""
     if isinstance(spec, Spec):
         return spec
     if isinstance(spec, type) and issubclass(spec, BaseModel):
@@ -90,13 +91,22 @@ def compile_spec(spec: Any) -> Spec:
             features={"regex": ("",)},
             digest=Spec.digest_of("regex", spec.pattern),
         )
+    if isinstance(spec, Grammar):
+        return Spec(
+            kind="grammar",
+            name=spec.name,
+            grammar=spec,
+            features={"grammar": ("",)},
+            digest=Spec.digest_of("grammar", {"text": spec.text, "start": spec.start}),
+        )
     if isinstance(spec, BaseModel):
         raise ConfigError(
             f"got an instance of {type(spec).__name__}; pass the class itself, "
             f"e.g. extract(text, {type(spec).__name__})"
         )
     raise ConfigError(
-        f"a spec must be a Pydantic model class, a JSON Schema dict or extract.Regex; "
+        f"a spec must be a Pydantic model class, a JSON Schema dict, extract.Regex or "
+        f"extract.Grammar; "
         f"got {type(spec).__name__}"
     )
 

@@ -54,6 +54,7 @@ FEATURES: dict[str, str] = {
     "min_max_properties": "minProperties / maxProperties",
     "unevaluated": "unevaluatedProperties / unevaluatedItems",
     "regex": "the whole output is one regular expression",
+    "grammar": "the whole output is a sentence of a Lark grammar",
 }
 
 _JSON_CORE = {
@@ -70,10 +71,13 @@ _JSON_CORE = {
 # `unevaluated*`, `uniqueItems` and `propertyNames` (a warning only) - all unsupported here.
 TIER_SUPPORT: dict[str, frozenset[str]] = {
     "local": frozenset(_JSON_CORE | {"format_other", "recursion", "pattern_properties",
-                                     "min_max_properties", "multiple_of", "regex"}),
-    "native": frozenset(set(FEATURES)),
-    "instructor": frozenset(set(FEATURES) - {"regex"}),
-    "repair": frozenset(set(FEATURES)),
+                                     "min_max_properties", "multiple_of", "regex",
+                                     "grammar"}),
+    # Grammar outputs need a parse-error reask on the remote tiers; until it lands they
+    # refuse grammar specs rather than return unchecked text.
+    "native": frozenset(set(FEATURES) - {"grammar"}),
+    "instructor": frozenset(set(FEATURES) - {"regex", "grammar"}),
+    "repair": frozenset(set(FEATURES) - {"grammar"}),
 }
 
 _FORMATS = {"date": "format_date", "date-time": "format_date_time", "time": "format_time"}

@@ -1,6 +1,6 @@
 """The normalized ``Spec`` every tier receives, whatever the user passed.
 
-A user may pass a Pydantic model class, a JSON Schema dict or a ``Regex``; ``compile_spec``
+A user may pass a Pydantic model class, a JSON Schema dict, a ``Regex`` or a ``Grammar``; ``compile_spec``
 turns each into one frozen ``Spec`` carrying the JSON Schema (what servers and validators
 see), the detected features (what the capability table is consulted with) and a digest of
 its canonical form (what caches and reports key on). This module imports no tier.
@@ -12,13 +12,16 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+if TYPE_CHECKING:
+    from extract.spec.grammar import Grammar
+
 __all__ = ["Regex", "Spec", "SpecKind", "canonical_json"]
 
-SpecKind = Literal["model", "schema", "regex"]
+SpecKind = Literal["model", "schema", "regex", "grammar"]
 
 
 def canonical_json(obj: Any) -> str:
@@ -60,6 +63,7 @@ class Spec:
     schema: dict[str, Any] | None = None
     model: type[BaseModel] | None = None
     pattern: str | None = None
+    grammar: Grammar | None = None
     features: dict[str, tuple[str, ...]] = field(default_factory=dict)
     digest: str = ""
 

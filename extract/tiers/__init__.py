@@ -30,6 +30,7 @@ REGISTRY: dict[str, Callable[..., Tier]] = {
     "native": _lazy("extract.tiers.native", "NativeTier"),
     "instructor": _lazy("extract.tiers.instructor", "InstructorTier"),
     "local": _lazy("extract.tiers.local", "LocalTier"),
+    "repair": _lazy("extract.tiers.repair", "RepairTier"),
 }
 
 

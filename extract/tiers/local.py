@@ -2,8 +2,9 @@
 
 JSON specs decode under the spec's schema tightened by ``local_constraint`` (closed objects,
 compact whitespace, bounded strings and lists); regular expressions decode under the regex
-itself. llguidance compiles both; a spec it cannot compile raises ``UnsupportedSchema``
-naming the keyword, before any decoding.
+itself, and Lark grammars under the grammar (a CFG has no length bound, so the token budget
+bounds it and a cut is recorded as ``truncated``). llguidance compiles all three; a spec it
+cannot compile raises ``UnsupportedSchema`` naming the keyword, before any decoding.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 import time
 
 from extract.errors import ConfigError, UnsupportedSchema
-from extract.providers.local_model import Grammar, LocalModel, load_local_model
+from extract.providers.local_model import Constraint, LocalModel, load_local_model
 from extract.settings import Settings
 from extract.spec import Spec, ensure_supported, local_constraint, max_output_chars
 from extract.spec.prompt import PROMPT_VERSION, build_messages
@@ -67,11 +68,14 @@ class LocalTier:
     def unavailable(self) -> str | None:
         return None
 
-    def grammar_for(self, spec: Spec, text: str) -> Grammar:
+    def grammar_for(self, spec: Spec, text: str) -> Constraint:
         if spec.kind == "regex":
             assert spec.pattern is not None
-            return Grammar("regex", spec.pattern)
-        return Grammar("json_schema", local_constraint(spec, text))
+            return Constraint("regex", spec.pattern)
+        if spec.kind == "grammar":
+            assert spec.grammar is not None
+            return Constraint("lark", spec.grammar.llguidance_text())
+        return Constraint("json_schema", local_constraint(spec, text))
 
     def check_support(self, spec: Spec) -> None:
         ensure_supported(spec.features, self.name)
@@ -83,6 +87,12 @@ class LocalTier:
                 raise UnsupportedSchema(
                     "regex_syntax", self.name,
                     detail=f"llguidance cannot compile /{spec.pattern}/: {message}",
+                )
+            if spec.kind == "grammar":
+                assert spec.grammar is not None
+                raise UnsupportedSchema(
+                    "grammar_syntax", self.name,
+                    detail=f"llguidance cannot compile the grammar {spec.grammar.name!r}: {message}",
                 )
             raise UnsupportedSchema(_feature_from_error(message, "json_schema"), self.name, detail=message)
 
@@ -111,7 +121,7 @@ class LocalTier:
         cut = text[:lo]
         return model.render(build_messages(spec, cut)), cut, True
 
-    def _budget(self, grammar: Grammar, model: LocalModel, prompt: str) -> int:
+    def _budget(self, grammar: Constraint, model: LocalModel, prompt: str) -> int:
         if self.settings.max_tokens is not None:
             return self.settings.max_tokens
         if grammar.kind == "json_schema":

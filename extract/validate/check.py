@@ -18,8 +18,9 @@ from pydantic import ValidationError
 
 from extract.spec.model import Spec
 from extract.types import AttemptError
+from extract.validate.repair import RepairFailure, repair_syntax
 
-__all__ = ["Checked", "check", "validate_value"]
+__all__ = ["Checked", "check", "parse_output", "validate_value"]
 
 
 @dataclass
@@ -34,29 +35,6 @@ class Checked:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)\n?```", re.DOTALL)
-
-
-def _strip_wrapping(raw: str) -> tuple[str, list[str]]:
-    """Remove code fences and prose around the outermost JSON value."""
-    repairs: list[str] = []
-    text = raw
-    m = _FENCE.search(text)
-    if m:
-        text = m.group(1)
-        repairs.append("strip_code_fence")
-    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
-    if starts:
-        start = min(starts)
-        closer = "}" if text[start] == "{" else "]"
-        end = text.rfind(closer)
-        inner = text[start : end + 1] if end > start else text[start:]
-        if inner.strip() != text.strip():
-            repairs.append("strip_surrounding_text")
-        text = inner
-    return text, repairs
 
 
 def validate_value(data: Any, spec: Spec) -> tuple[Any, AttemptError | None]:
@@ -96,53 +74,102 @@ def validate_value(data: Any, spec: Spec) -> tuple[Any, AttemptError | None]:
     raise ValueError(f"validate_value needs a JSON spec, got kind {spec.kind!r}")
 
 
-def check(raw: str | None, spec: Spec, *, truncated: bool = False) -> Checked:
-    """Parse, repair if needed, and validate ``raw`` against ``spec``.
+def _validate_model(data: Any, spec: Spec) -> tuple[Any, AttemptError | None, list[str]]:
+    """Pydantic validation, strict first: a value that needed lax coercion is a repair.
 
-    ``truncated`` says the generator stopped at its token limit; a parse failure is then
-    reported as ``truncated`` rather than ``invalid_json``, because the cure differs (a
-    bigger budget, not a better model).
+    Strict JSON-mode validation accepts exactly what a JSON document of the schema's types
+    holds (dates as strings, enums as values); only when it refuses and lax mode accepts
+    ("42" for an int) was something coerced, and that is recorded as ``coerce_types``.
+    """
+    assert spec.model is not None
+    repairs: list[str] = []
+    try:
+        return spec.model.model_validate_json(json.dumps(data), strict=True), None, repairs
+    except (ValidationError, ValueError, TypeError):
+        pass
+    value, error = validate_value(data, spec)
+    if error is None:
+        repairs.append("coerce_types")
+    return value, error, repairs
+
+
+def parse_output(raw: str | None, spec: Spec, *, truncated: bool = False) -> Checked:
+    """Raw model text -> a validated value, or the recorded reason why not.
+
+    Steps, each recorded in ``repairs`` when it changed anything: strip fences and prose,
+    ``json_repair`` for syntax (a cut text is closed only after its last complete value, as
+    ``close_truncated``), Pydantic lax coercion (``coerce_types``), then field validators
+    (Pydantic's, then guardrails-ai's with their ``on_fail`` mapped). Strict JSON that
+    validates comes back as generated, with no repair. ``truncated`` says the generator stopped
+    at its token limit: a failure is then reported as ``truncated``, because the cure differs
+    (a bigger budget, not a better model).
     """
     if raw is None or not raw.strip():
         return Checked(error=AttemptError(type="empty_output", message="the model returned no text"))
+    if spec.kind == "grammar":
+        from extract.validate.grammar_check import check_grammar
+        return check_grammar(raw, spec, truncated=truncated)
     if spec.kind == "regex":
-        assert spec.pattern is not None
-        if re.fullmatch(spec.pattern, raw):
-            return Checked(value=raw)
-        stripped = raw.strip()
-        if stripped != raw and re.fullmatch(spec.pattern, stripped):
-            return Checked(value=stripped, repaired=True, repairs=["strip_whitespace"])
-        return Checked(
-            error=AttemptError(
-                type="truncated" if truncated else "regex_mismatch",
-                message=f"output does not fully match /{spec.pattern}/: {raw[:80]!r}",
-            )
-        )
-    repairs: list[str] = []
+        return _check_regex(raw, spec, truncated)
+    assert spec.schema is not None
+    prefer = {"object": "{", "array": "["}.get(str(spec.schema.get("type")))
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as first:
-        text, repairs = _strip_wrapping(raw)
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            import json_repair
-
-            fixed = json_repair.loads(text)
-            empty = isinstance(fixed, (dict, list)) and not fixed and text.strip() not in ("{}", "[]")
-            if fixed in ("", None) or empty:
-                return Checked(
-                    error=AttemptError(
-                        type="truncated" if truncated else "invalid_json",
-                        message=f"not JSON ({first.msg} at char {first.pos})"
-                        + (", cut at the token limit" if truncated else ""),
-                    ),
-                    repairs=repairs,
-                )
-            data = fixed
-            repairs.append("json_repair_truncated" if truncated else "json_repair")
-    value, error = validate_value(data, spec)
-    if error is not None and truncated:
-        error = AttemptError(type="truncated", message="cut at the token limit; " + error.message,
+        syntax = repair_syntax(raw, prefer=prefer, truncated=truncated)
+    except RecursionError:
+        return Checked(error=AttemptError(type="invalid_json", message="nested too deeply to parse"))
+    except RepairFailure as exc:
+        kind = "truncated" if truncated and exc.type == "invalid_json" else exc.type
+        return Checked(error=AttemptError(type=kind, message=exc.message
+                                          + (", cut at the token limit" if truncated else "")),
+                       repairs=exc.repairs)
+    repairs = list(syntax.repairs)
+    if spec.model is not None:
+        value, error, coerced = _validate_model(syntax.data, spec)
+        repairs += coerced
+        if error is None:
+            value, error, extra = _run_field_validators(value, spec)
+            repairs += extra
+    else:
+        value, error = validate_value(syntax.data, spec)
+    if error is not None and (truncated or syntax.truncated):
+        error = AttemptError(type="truncated", message="cut before the end; " + error.message,
                              details=error.details)
-    return Checked(value=value, error=error, repaired=bool(repairs), repairs=repairs)
+    if error is not None:
+        return Checked(error=error, repaired=bool(repairs), repairs=repairs)
+    return Checked(value=value, repaired=bool(repairs), repairs=repairs)
+
+
+def _run_field_validators(value: Any, spec: Spec) -> tuple[Any, AttemptError | None, list[str]]:
+    """guardrails-ai validators on a Pydantic-valid value; a fix or filter is validated again."""
+    from extract.validate.validators import run_validators
+
+    outcome = run_validators(value)
+    if outcome.error is not None:
+        return None, outcome.error, outcome.repairs
+    if not outcome.repairs:
+        return value, None, []
+    fixed, error = validate_value(outcome.data, spec)
+    if error is not None:
+        return None, AttemptError(type="validator_failed",
+                                  message="the validator's fix does not validate: " + error.message,
+                                  details=error.details), outcome.repairs
+    return fixed, None, outcome.repairs
+
+
+def _check_regex(raw: str, spec: Spec, truncated: bool) -> Checked:
+    assert spec.pattern is not None
+    if re.fullmatch(spec.pattern, raw):
+        return Checked(value=raw)
+    stripped = raw.strip()
+    if stripped != raw and re.fullmatch(spec.pattern, stripped):
+        return Checked(value=stripped, repaired=True, repairs=["strip_whitespace"])
+    return Checked(
+        error=AttemptError(
+            type="truncated" if truncated else "regex_mismatch",
+            message=f"output does not fully match /{spec.pattern}/: {raw[:80]!r}",
+        )
+    )
+
+
+# Every tier calls ``check``; it is ``parse_output`` under the name the tiers already use.
+check = parse_output
