@@ -34,18 +34,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
-from extract.errors import ConfigError, ProviderError
+from extract.errors import ProviderError
 from extract.providers.openai_compat import (
     Connection,
     Endpoint,
     attempt_error,
     is_mode_rejection,
 )
-from extract.settings import Settings
-from extract.spec import Spec, ensure_supported
+from extract.spec import Spec
 from extract.spec.prompt import PROMPT_VERSION, build_messages
 from extract.tiers.base import Task
-from extract.tiers.native import closed_schema, output_budget, schema_name, usage_of
+from extract.tiers.native import EndpointTier, closed_schema, output_budget, schema_name, usage_of
 from extract.types import Attempt, AttemptError, ModelInfo, Usage
 from extract.validate import Checked, check
 
@@ -174,23 +173,10 @@ def _raw_output(response: Any) -> str | None:
     return content
 
 
-class InstructorTier:
+class InstructorTier(EndpointTier):
     """Instructor on an OpenAI-compatible endpoint, with bounded reasks."""
 
-    def __init__(self, settings: Settings, endpoint: str | None = None) -> None:
-        self.settings = settings
-        self.endpoint_name = endpoint
-        self.name = "instructor" if endpoint is None else f"instructor@{endpoint}"
-
-    def unavailable(self) -> str | None:
-        try:
-            Endpoint.from_settings(self.settings, self.endpoint_name)
-        except ConfigError as exc:
-            return str(exc)
-        return None
-
-    def check_support(self, spec: Spec) -> None:
-        ensure_supported(spec.features, "instructor")
+    kind = "instructor"
 
     def _modes(self, conn: Connection) -> list[str]:
         configured = self.settings.instructor_mode

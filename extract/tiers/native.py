@@ -72,13 +72,17 @@ def usage_of(response: Any) -> Usage:
     return Usage(input_tokens=prompt, output_tokens=completion, total_tokens=total)
 
 
-class NativeTier:
-    """An OpenAI-compatible endpoint's structured mode, one call per extraction."""
+class EndpointTier:
+    """What every tier bound to one OpenAI-compatible endpoint shares: its name
+    (``kind`` or ``kind@endpoint``), its availability (the endpoint is configured) and its
+    row of the capability table."""
+
+    kind = ""
 
     def __init__(self, settings: Settings, endpoint: str | None = None) -> None:
         self.settings = settings
         self.endpoint_name = endpoint
-        self.name = "native" if endpoint is None else f"native@{endpoint}"
+        self.name = self.kind if endpoint is None else f"{self.kind}@{endpoint}"
 
     def unavailable(self) -> str | None:
         try:
@@ -88,7 +92,13 @@ class NativeTier:
         return None
 
     def check_support(self, spec: Spec) -> None:
-        ensure_supported(spec.features, "native")
+        ensure_supported(spec.features, self.kind)
+
+
+class NativeTier(EndpointTier):
+    """An OpenAI-compatible endpoint's structured mode, one call per extraction."""
+
+    kind = "native"
 
     async def attempts(self, task: Task) -> list[Attempt]:
         endpoint = Endpoint.from_settings(self.settings, self.endpoint_name)
