@@ -16,7 +16,8 @@ __all__ = ["Address"]
 class Address(BaseModel):
     """The parts of one US postal address, each copied from the text as written."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Span-copy: every part is a piece of the address as written (benchmarks/ablation.py).
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"copy_from_input": True})
 
     AddressNumber: str | None = Field(None, max_length=16, description="house or building number")
     StreetNamePreDirectional: str | None = Field(

@@ -10,9 +10,10 @@ __all__ = ["Citation"]
 class Citation(BaseModel):
     """One reference from a bibliography, each part copied as written."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Span-copy: every part is a piece of the reference as written (benchmarks/ablation.py).
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"copy_from_input": True})
 
-    author: str | None = Field(None, max_length=300, description="the authors as written, e.g. 'Buntine, W.'")
+    author: str | None = Field(None, max_length=300, description="the authors' names as written")
     title: str | None = Field(None, max_length=300, description="title of the work")
     journal: str | None = Field(None, max_length=200, description="journal the article appeared in")
     container_title: str | None = Field(None, max_length=200, description="book or proceedings containing the work")
@@ -21,4 +22,4 @@ class Citation(BaseModel):
     location: str | None = Field(None, max_length=80, description="place of publication")
     date: str | None = Field(None, max_length=40, description="year or date of publication")
     volume: str | None = Field(None, max_length=20, description="volume")
-    pages: str | None = Field(None, max_length=30, description="page range, e.g. '159-225'")
+    pages: str | None = Field(None, max_length=30, description="page or page range")

@@ -72,7 +72,7 @@ def model_for_intent(intent: str) -> type[BaseModel]:
         for slot in SLOTS[intent]
     }
     model: type[BaseModel] = create_model(  # type: ignore[call-overload]
-        intent, __config__=ConfigDict(extra="forbid"), **fields
+        intent, __config__=ConfigDict(extra="forbid", json_schema_extra={"copy_from_input": True}), **fields
     )
     model.__doc__ = f"Slots of a SNIPS {intent} request."
     return model

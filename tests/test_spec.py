@@ -66,6 +66,8 @@ FEATURE_SCHEMAS: dict[str, dict[str, Any]] = {
     "contains": {"type": "array", "items": {"type": "integer"}, "contains": {"const": 1}},
     "min_max_properties": {"type": "object", "additionalProperties": {"type": "string"}, "minProperties": 1},
     "unevaluated": {"type": "object", "properties": {"a": {"type": "string"}}, "unevaluatedProperties": False},
+    "grammar_field": {"type": "object", "properties": {
+        "a": {"type": "string", "x-grammar": {"lark": 'start: "x" "y"?\n', "start": "start"}}}},
 }
 
 

@@ -21,6 +21,7 @@ from extract.errors import ConfigError, UnsupportedSchema
 from extract.spec.features import detect_features
 from extract.spec.grammar import Grammar
 from extract.spec.model import Regex, Spec, canonical_json
+from extract.spec.span_copy import COPY_KEY, apply_span_copy, copy_paths, strip_copy_marks
 
 __all__ = ["compile_spec", "length_bucket", "local_constraint", "max_output_chars"]
 
@@ -135,9 +136,9 @@ def _tighten(node: Any, str_bound: int, list_bound: int) -> None:
         return
     types = node.get("type")
     type_list = types if isinstance(types, list) else [types]
-    if "string" in type_list and not any(k in node for k in _STRING_FREE):
+    if str_bound > 0 and "string" in type_list and not any(k in node for k in _STRING_FREE):
         node["maxLength"] = max(str_bound, int(node.get("minLength", 0)))
-    if "array" in type_list and "maxItems" not in node:
+    if str_bound > 0 and "array" in type_list and "maxItems" not in node:
         node["maxItems"] = max(list_bound, int(node.get("minItems", 0)))
     if "properties" in node and "additionalProperties" not in node:
         node["additionalProperties"] = False
@@ -164,15 +165,27 @@ def _constraint(digest_and_schema: tuple[str, str], str_bound: int, list_bound: 
     return json.dumps(tightened, separators=(",", ":"), ensure_ascii=False)
 
 
-def local_constraint(spec: Spec, text: str) -> str:
-    """The JSON Schema text the local tier constrains decoding with, for this input."""
+def local_constraint(spec: Spec, text: str, *, copy_from_input: bool | None = None, bounds: bool = True) -> str:
+    """The JSON Schema text the local tier constrains decoding with, for this input.
+
+    ``copy_from_input`` is the span-copy switch (None: as the schema marks it; see
+    ``extract.spec.span_copy``); ``bounds=False`` leaves strings and lists unbounded (only the
+    ablation benchmark wants that, to measure what bounds buy).
+    """
     if spec.schema is None:
         raise ValueError("local_constraint needs a JSON spec")
-    str_bound = length_bucket(len(text))
+    str_bound = length_bucket(len(text)) if bounds else 0
     list_bound = max(8, min(64, len(text.split())))
     # Key order matters (the model fills fields in schema order): not canonical_json here.
     ordered = json.dumps(spec.schema, ensure_ascii=False)
-    return _constraint((spec.digest, ordered), str_bound, list_bound)
+    base = _constraint((spec.digest, ordered), str_bound, list_bound)
+    if not copy_paths(spec.schema, copy_from_input):
+        if COPY_KEY not in base:
+            return base
+        return json.dumps(strip_copy_marks(json.loads(base)), separators=(",", ":"), ensure_ascii=False)
+    # Per input: the spans change with every text, so this part is never cached.
+    copied = apply_span_copy(json.loads(base), text, copy_from_input)
+    return json.dumps(copied, separators=(",", ":"), ensure_ascii=False)
 
 
 def max_output_chars(constraint: dict[str, Any] | str, *, cap: int = 1 << 20) -> int:

@@ -8,9 +8,14 @@ the exact wording that produced it: change the wording, bump the version.
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from extract.spec.model import Spec
+
+if TYPE_CHECKING:
+    from extract.examples import Example
 
 __all__ = [
     "PROMPT_VERSION",
@@ -21,7 +26,7 @@ __all__ = [
     "frame_text",
 ]
 
-PROMPT_VERSION = "extract-v1"
+PROMPT_VERSION = "extract-v2"
 
 OPEN, CLOSE = "<document>", "</document>"
 
@@ -32,10 +37,27 @@ SYSTEM = (
 )
 
 
+# Chat-template control markers (ChatML's <|im_start|>, Llama 3's <|eot_id|>, Mistral's [INST],
+# <s>/</s>): a rendered prompt is tokenized with special tokens parsed, so one written inside a
+# document would become a real turn boundary and let the document speak as the system.
+_CONTROL = re.compile(r"<\|[^|<>\s]{0,40}\|>|\[/?INST\]|\[/?SYS\]|<<\s*/?SYS\s*>>|</?s>", re.IGNORECASE)
+# Any spelling of the closing delimiter a model may read as one: case, inner spaces.
+_FAKE_CLOSE = re.compile(r"<\s*/\s*document\s*>", re.IGNORECASE)
+
+
+def defuse(text: str, closer: re.Pattern[str] = _FAKE_CLOSE) -> str:
+    """``text`` with template control markers and fake closers broken by a backslash.
+
+    The backslash keeps the text readable (and the change visible) while no tokenizer maps
+    the result onto a special token or the frame's closing tag.
+    """
+    text = _CONTROL.sub(lambda m: m.group(0)[0] + "\\" + m.group(0)[1:], text)
+    return closer.sub(lambda m: m.group(0)[0] + "\\" + m.group(0)[1:], text)
+
+
 def frame_text(text: str) -> str:
-    """Put ``text`` between delimiters it cannot close early (a fake closer is defused)."""
-    safe = text.replace(CLOSE, "<\\/document>")
-    return f"{OPEN}\n{safe}\n{CLOSE}"
+    """Put ``text`` between delimiters it cannot close early, as data that cannot open a turn."""
+    return f"{OPEN}\n{defuse(text)}\n{CLOSE}"
 
 
 def _type_of(node: dict[str, Any]) -> str:
@@ -56,6 +78,8 @@ def _type_of(node: dict[str, Any]) -> str:
         return " or ".join(t)
     if "format" in node:
         return f"{t} ({node['format']})"
+    if "pattern" in node:
+        return f"{t} matching /{node['pattern']}/"
     return str(t)
 
 
@@ -75,8 +99,13 @@ def describe_fields(schema: dict[str, Any]) -> list[str]:
 _GRAMMAR_PROMPT_CHARS = 2000
 
 
-def build_messages(spec: Spec, text: str) -> list[dict[str, str]]:
-    """The chat messages asking for ``spec`` from ``text``."""
+def build_messages(spec: Spec, text: str, examples: Sequence[Example] = ()) -> list[dict[str, str]]:
+    """The chat messages asking for ``spec`` from ``text``.
+
+    Worked examples (the schema's own, then ``examples``) become earlier user/assistant
+    turns: the first user turn carries the task, every later one only a framed document, so
+    the model sees the pattern "document in, JSON out" repeated and the prompt stays short.
+    """
     if spec.kind == "regex":
         task = (
             "Answer with only the requested value, in the exact format of this regular "
@@ -96,10 +125,17 @@ def build_messages(spec: Spec, text: str) -> list[dict[str, str]]:
         if fields:
             task += " Its fields:\n" + "\n".join(fields)
         task += "\nAnswer with the JSON object only."
-    return [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": f"{task}\n\n{frame_text(text)}"},
-    ]
+        from extract.examples import schema_examples
+
+        examples = [*schema_examples(spec), *examples]
+    messages = [{"role": "system", "content": SYSTEM}]
+    for ex in examples:
+        head = f"{task}\n\n" if len(messages) == 1 else ""
+        messages.append({"role": "user", "content": head + frame_text(ex.text)})
+        messages.append({"role": "assistant", "content": ex.answer})
+    head = f"{task}\n\n" if len(messages) == 1 else ""
+    messages.append({"role": "user", "content": head + frame_text(text)})
+    return messages
 
 
 REPAIR_PROMPT_VERSION = "repair-v1"
@@ -119,7 +155,7 @@ def build_repair_messages(spec: Spec, text: str, raw: str, errors: list[str]) ->
     """
     task = build_messages(spec, text)[1]["content"].split("\n\n" + OPEN, 1)[0]
     problems = "\n".join(f"- {e}" for e in errors) or "- (no message)"
-    safe_raw = raw.replace("</output>", "<\\/output>")
+    safe_raw = defuse(raw, re.compile(r"<\s*/\s*output\s*>", re.IGNORECASE))
     what = "JSON object" if spec.is_json else "answer"
     content = (
         f"{task}\n\nAn earlier answer failed validation with these errors:\n{problems}\n\n"

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from extract.settings import Settings
 from extract.spec import Spec
 from extract.types import Attempt
+
+if TYPE_CHECKING:
+    from extract.examples import Example
 
 __all__ = ["Task", "Tier"]
 
@@ -33,6 +36,9 @@ class Task:
     history: list[Attempt] = field(default_factory=list)
     deadline: float | None = None
     truncated_input: bool = False
+    # Worked examples chosen for this text from the Extractor's pool (extract.examples); every
+    # tier shows the same ones, so tiers differ by model and constraint, not by prompt.
+    examples: list[Example] = field(default_factory=list)
 
     def time_left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Sequence
 
 from extract.errors import ConfigError, UnsupportedSchema
+from extract.examples import Example
 from extract.providers.local_model import Constraint, LocalModel, load_local_model
 from extract.settings import Settings
 from extract.spec import Spec, ensure_supported, local_constraint, max_output_chars
+from extract.spec.grammar import object_lark
 from extract.spec.prompt import PROMPT_VERSION, build_messages
 from extract.tiers.base import Task
 from extract.types import Attempt, Usage
@@ -75,7 +78,12 @@ class LocalTier:
         if spec.kind == "grammar":
             assert spec.grammar is not None
             return Constraint("lark", spec.grammar.llguidance_text())
-        return Constraint("json_schema", local_constraint(spec, text))
+        schema = local_constraint(
+            spec, text, copy_from_input=self.settings.copy_from_input, bounds=self.settings.bound_strings)
+        if "grammar_field" in spec.features:
+            # A string field under a Lark grammar: one Lark grammar for the whole object.
+            return Constraint("lark", object_lark(schema))
+        return Constraint("json_schema", schema)
 
     def check_support(self, spec: Spec) -> None:
         ensure_supported(spec.features, self.name)
@@ -96,22 +104,23 @@ class LocalTier:
                 )
             raise UnsupportedSchema(_feature_from_error(message, "json_schema"), self.name, detail=message)
 
-    def _fit(self, model: LocalModel, spec: Spec, text: str) -> tuple[str, str, bool]:
+    def _fit(self, model: LocalModel, spec: Spec, text: str,
+             examples: Sequence[Example] = ()) -> tuple[str, str, bool]:
         """Render the prompt, cutting the text if allowed; returns (prompt, text, cut)."""
-        prompt = model.render(build_messages(spec, text))
+        prompt = model.render(build_messages(spec, text, examples))
         room = model.n_ctx - model.count_tokens(prompt)
         if room >= _MIN_OUTPUT_TOKENS:
             return prompt, text, False
-        if not self.settings.truncate:
+        if not (self.settings.truncate or self.settings.long_text == "truncate"):
             raise ConfigError(
                 f"the text does not fit the model's context ({model.n_ctx} tokens, the prompt "
-                f"needs {model.n_ctx - room}); shorten it, raise n_ctx, or pass truncate=True "
+                f"needs {model.n_ctx - room}); shorten it, raise n_ctx, or pass long_text='chunk' or 'truncate' "
                 "to cut it (the cut is recorded on the Attempt)"
             )
         lo, hi = 0, len(text)
         while lo < hi:  # the longest prefix that leaves room for an answer
             mid = (lo + hi + 1) // 2
-            p = model.render(build_messages(spec, text[:mid]))
+            p = model.render(build_messages(spec, text[:mid], examples))
             if model.n_ctx - model.count_tokens(p) >= max(_MIN_OUTPUT_TOKENS, model.n_ctx // 4):
                 lo = mid
             else:
@@ -119,7 +128,7 @@ class LocalTier:
         if lo == 0:
             raise ConfigError(f"even an empty text leaves no room in the context of {model.n_ctx}")
         cut = text[:lo]
-        return model.render(build_messages(spec, cut)), cut, True
+        return model.render(build_messages(spec, cut, examples)), cut, True
 
     def _budget(self, grammar: Constraint, model: LocalModel, prompt: str) -> int:
         if self.settings.max_tokens is not None:
@@ -133,7 +142,7 @@ class LocalTier:
     async def attempts(self, task: Task) -> list[Attempt]:
         spec = task.spec
         model = await asyncio.to_thread(load_local_model, self.settings)
-        prompt, text, cut = await asyncio.to_thread(self._fit, model, spec, task.text)
+        prompt, text, cut = await asyncio.to_thread(self._fit, model, spec, task.text, task.examples)
         grammar = self.grammar_for(spec, text)
         budget = self._budget(grammar, model, prompt)
         started = time.perf_counter()

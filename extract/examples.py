@@ -1,0 +1,229 @@
+"""Example pools: few-shot (text, answer) pairs, the closest ones chosen for each input.
+
+A 135M model learns more from three addresses that look like the one in hand than from any
+wording of the instructions (benchmarks/ablation.py: usaddress field F1 rises from ~0.4 to
+~0.7). ``ExamplePool`` holds the user's pairs, validates each against the spec once (a bad
+example is a ``ConfigError`` naming its index, before any model runs), and picks ``k`` per
+input by similarity, deterministically: the same input and pool always give the same
+examples in the same order, so results reproduce and the prompt cache is reused.
+
+Similarity is word overlap with a shape back-off (``similarity``); measured against
+character trigrams and plain word overlap in benchmarks/ablation.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from extract.errors import ConfigError
+from extract.spec.model import Spec
+
+__all__ = ["DEFAULT_K", "Example", "ExamplePool", "Measure", "schema_examples", "similarity"]
+
+# Measured on usaddress dev (benchmarks/ablation.py): more examples help up to the point
+# where prompt evaluation time dominates; see the closing table in the README.
+DEFAULT_K = 6
+# Rough characters per token for the budget check (English text and JSON on SmolLM2's
+# tokenizer average ~3.5; 3 errs on the side of "does not fit").
+_CHARS_PER_TOKEN = 3
+Measure = Literal["words", "char3", "shape"]
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One worked example: a text and the answer for it, as compact JSON in schema key order."""
+
+    text: str
+    answer: str
+    index: int  # position in the user's pool; -1 for examples carried in the schema
+
+    @property
+    def size(self) -> int:
+        return len(self.text) + len(self.answer)
+
+
+def _shape(token: str) -> str:
+    return re.sub(r"[a-z]+", "a", re.sub(r"[A-Z]+", "A", re.sub(r"\d+", "9", token)))
+
+
+def _features(text: str, measure: Measure) -> Counter[str]:
+    if measure == "char3":
+        t = f"  {text.lower()} "
+        return Counter(t[i:i + 3] for i in range(len(t) - 2))
+    tokens = _TOKEN.findall(text.lower() if measure == "words" else text)
+    if measure == "words":
+        return Counter(tokens)
+    # "shape": the words themselves and their shapes ("Apt 4B" -> "Aa 9A") and shape bigrams,
+    # so an input with no word in common still finds examples laid out like it.
+    shapes = [_shape(t) for t in tokens]
+    feats = Counter(t.lower() for t in tokens)
+    feats.update("#" + s for s in shapes)
+    feats.update("#" + a + "_" + b for a, b in itertools.pairwise(shapes))
+    return feats
+
+
+def similarity(a: str, b: str, measure: Measure = "shape") -> float:
+    """Cosine similarity of the two texts' feature counts (0..1)."""
+    fa, fb = _features(a, measure), _features(b, measure)
+    dot = sum(v * fb[k] for k, v in fa.items() if k in fb)
+    if not dot:
+        return 0.0
+    return dot / math.sqrt(sum(v * v for v in fa.values()) * sum(v * v for v in fb.values()))
+
+
+def _ordered(value: Any, schema: dict[str, Any]) -> Any:
+    """``value`` with top-level keys in the schema's order and empty values left out, as the
+    constrained decoder writes them (the model imitates what it is shown)."""
+    if not isinstance(value, dict):
+        return value
+    props = list((schema.get("properties") or {}).keys())
+    keys = [k for k in props if k in value] + [k for k in value if k not in props]
+    return {k: value[k] for k in keys if value[k] is not None}
+
+
+def _answer(obj: Any, spec: Spec, where: str) -> str:
+    from extract.validate.check import validate_value
+
+    if isinstance(obj, BaseModel):
+        if spec.model is not None and not isinstance(obj, spec.model):
+            raise ConfigError(f"{where} is a {type(obj).__name__}, not a {spec.model.__name__}")
+        data = obj.model_dump(mode="json")
+    else:
+        data = obj
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: the answer is not JSON-serialisable: {exc}") from None
+    _, error = validate_value(data, spec)
+    if error is not None:
+        raise ConfigError(f"{where} does not validate against {spec.name}: {error.message}")
+    assert spec.schema is not None
+    return json.dumps(_ordered(data, spec.schema), separators=(",", ":"), ensure_ascii=False)
+
+
+def _budget_chars(n_ctx: int) -> int:
+    """Examples may take at most half the context, leaving room for the task and the text."""
+    return n_ctx // 2 * _CHARS_PER_TOKEN
+
+
+def schema_examples(spec: Spec) -> list[Example]:
+    """Examples carried in the schema (``json_schema_extra={"examples": [...]}`` on the model).
+
+    An entry ``{"text": ..., "value": {...}}`` is a worked pair; a bare instance becomes a pair
+    whose text is its values in field order, so a schema author can show the answer's shape
+    without writing a document.
+    """
+    if spec.schema is None:
+        return []
+    out = []
+    props = spec.schema.get("properties") or {}
+    for i, entry in enumerate(spec.schema.get("examples") or []):
+        if isinstance(entry, dict) and set(entry) == {"text", "value"} and "value" not in props:
+            text, value = entry["text"], entry["value"]
+        else:
+            value = entry
+            text = " ".join(str(v) for v in (entry.values() if isinstance(entry, dict) else [entry])
+                            if v is not None)
+        if not isinstance(text, str) or not text.strip():
+            continue
+        out.append(Example(text, _answer(value, spec, f"schema example {i}"), -1))
+    return out
+
+
+class ExamplePool:
+    """The user's (text, answer) pairs and how many to show per input.
+
+    ``select="similar"`` shows the ``k`` most similar to the input (most similar last, next
+    to the input); ``"fixed"`` shows the first ``k``. Either way the chosen examples must fit
+    half the context: the least similar are left out until they do.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Any],
+        k: int | None = None,
+        *,
+        select: Literal["similar", "fixed"] = "similar",
+        measure: Measure = "shape",
+        n_ctx: int = 4096,
+    ) -> None:
+        if isinstance(examples, (str, bytes)) or not isinstance(examples, Sequence):
+            raise ConfigError("examples must be a list of (text, answer) pairs")
+        if not examples:
+            raise ConfigError("examples is an empty list: give at least one (text, answer) pair, or leave it out")
+        for i, pair in enumerate(examples):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ConfigError(f"examples[{i}] is not a (text, answer) pair")
+            if not isinstance(pair[0], str) or not pair[0].strip():
+                raise ConfigError(f"examples[{i}]: the text must be a non-empty str")
+        if k is None:
+            k = min(DEFAULT_K, len(examples))
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"examples_k must be an integer of at least 1, got {k!r}")
+        if k > len(examples):
+            raise ConfigError(f"examples_k={k} is larger than the pool of {len(examples)} examples")
+        if select not in ("similar", "fixed"):
+            raise ConfigError(f"examples_select must be 'similar' or 'fixed', got {select!r}")
+        self.raw = list(examples)
+        self.k = k
+        self.select = select
+        self.measure: Measure = measure
+        self.budget = _budget_chars(n_ctx)
+        self._prepared: dict[str, tuple[list[Example], list[Counter[str]]]] = {}
+
+    def prepare(self, spec: Spec) -> list[Example]:
+        """The pool validated against ``spec`` (once per spec), or a ConfigError naming the example."""
+        if spec.digest in self._prepared:
+            return self._prepared[spec.digest][0]
+        if not spec.is_json or spec.schema is None:
+            raise ConfigError(f"examples need a JSON spec (a model or a JSON Schema), not a {spec.kind}")
+        out = []
+        for i, (text, obj) in enumerate(self.raw):
+            ex = Example(text, _answer(obj, spec, f"examples[{i}]"), i)
+            if ex.size > self.budget:
+                raise ConfigError(
+                    f"examples[{i}] is too long for the context: {ex.size} characters of text and answer, "
+                    f"over the examples' budget of {self.budget} (half of n_ctx at ~{_CHARS_PER_TOKEN} "
+                    "characters a token); shorten it or raise n_ctx"
+                )
+            out.append(ex)
+        self._prepared[spec.digest] = (out, [_features(e.text, self.measure) for e in out])
+        return out
+
+    def choose(self, text: str, spec: Spec) -> list[Example]:
+        """The examples to show for ``text``, in prompt order."""
+        pool = self.prepare(spec)
+        feats = self._prepared[spec.digest][1]
+        if self.select == "fixed":
+            ranked = list(range(len(pool)))
+        else:
+            q = _features(text, self.measure)
+            qn = math.sqrt(sum(v * v for v in q.values())) or 1.0
+
+            def score(i: int) -> float:
+                f = feats[i]
+                dot = sum(v * f[k] for k, v in q.items() if k in f)
+                return dot / (qn * (math.sqrt(sum(v * v for v in f.values())) or 1.0))
+
+            # Highest score first; the pool index breaks ties, so the choice is deterministic.
+            ranked = sorted(range(len(pool)), key=lambda i: (-score(i), i))
+        chosen: list[Example] = []
+        used = 0
+        for i in ranked:
+            if len(chosen) == self.k:
+                break
+            if used + pool[i].size <= self.budget:
+                chosen.append(pool[i])
+                used += pool[i].size
+        # Most similar last: a small model leans hardest on the example nearest the input.
+        return chosen[::-1] if self.select == "similar" else chosen
