@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import lark
 import pytest
@@ -20,7 +23,16 @@ from extract import (
     sql_grammar_for_sqlite,
 )
 from extract.providers.local_model import Constraint
+from extract.settings import Settings
 from extract.spec.features import ensure_supported
+from extract.spec.grammar import json_unsafe_terminals
+from extract.tiers.base import Task
+from extract.tiers.instructor import InstructorTier
+from extract.tiers.local import LocalTier
+from extract.tiers.native import NativeTier, closed_schema
+from extract.tiers.repair import RepairTier
+from extract.types import Attempt
+from extract.validate import check
 from extract.validate.grammar_check import check_grammar
 
 GRAMMARS = Path(__file__).resolve().parent.parent / "grammars"
@@ -106,6 +118,8 @@ def test_a_parse_error_is_recorded_with_line_column_expected_and_offending_text(
     assert cut.error is not None and cut.error.type == "truncated"
     padded = check_grammar(" 2024-03-05\n", spec)
     assert padded.value == "2024-03-05" and padded.repairs == ["strip_whitespace"]
+    fenced = check_grammar("Here it is:\n```text\n2024-03-05\n```\n", spec)
+    assert fenced.value == "2024-03-05" and fenced.repaired and fenced.repairs == ["strip_fences"]
 
 
 class Interval(BaseModel):
@@ -128,12 +142,14 @@ def test_a_transformer_turns_the_tree_into_a_pydantic_object() -> None:
     assert check_grammar("2-3", spec).value == Interval(low=2, high=3)
 
 
-def test_remote_tiers_refuse_grammar_specs_until_they_check_parse_errors() -> None:
+def test_native_and_repair_take_grammars_and_instructor_refuses_saying_why() -> None:
     spec = compile_spec(Grammar.from_text(RANGE))
-    for tier in ("native", "instructor", "repair"):
-        with pytest.raises(UnsupportedSchema, match="grammar"):
-            ensure_supported(spec.features, tier)
-    ensure_supported(spec.features, "local")
+    for tier in ("local", "native", "repair"):
+        ensure_supported(spec.features, tier)
+    with pytest.raises(UnsupportedSchema) as info:
+        InstructorTier(Settings.resolve(base_url="http://127.0.0.1:9/v1")).check_support(spec)
+    assert info.value.feature == "grammar" and info.value.tier == "instructor"
+    assert "cannot carry" in str(info.value) and "native tier" in str(info.value)
 
 
 # --- the real model -------------------------------------------------------------------
@@ -193,6 +209,7 @@ def test_the_sql_grammar_admits_only_the_databases_tables_and_columns(shop: Path
     assert "customers(id, name, city" in grammar.description
     ok = [
         "SELECT name FROM customers",
+        "SELECT name FROM customers;",
         'SELECT "order" FROM customers WHERE city = \'Paris\'',
         "SELECT city, COUNT(*) FROM customers GROUP BY city ORDER BY COUNT(*) DESC LIMIT 3",
         "SELECT customers.name, SUM(orders.total) FROM customers JOIN orders "
@@ -226,5 +243,138 @@ def test_every_generated_query_runs_on_the_database(local: Extractor, shop: Path
             assert result.ok, result.attempts
             assert isinstance(result.value, str)
             con.execute(result.value).fetchall()  # no syntax error, no unknown name
+    finally:
+        con.close()
+
+
+# --- grammar fields inside a Pydantic model --------------------------------------------
+
+
+def _plain_shop(path: Path) -> Path:
+    """A database whose names need no quoting, so its SQL grammar fits inside a JSON string."""
+    con = sqlite3.connect(path)
+    try:
+        con.executescript(
+            """
+            CREATE TABLE customers(id INTEGER PRIMARY KEY, name TEXT, city TEXT);
+            CREATE TABLE orders(id INTEGER PRIMARY KEY, customer_id INTEGER, total REAL);
+            INSERT INTO customers VALUES (1, 'Ann', 'Paris'), (2, 'Bob', 'Rome'), (3, 'Cy', 'Paris');
+            INSERT INTO orders VALUES (1, 1, 10.5), (2, 2, 20), (3, 1, 7);
+            """
+        )
+        con.commit()
+    finally:
+        con.close()
+    return path
+
+
+TICKET = Grammar.from_text('start: "ZQX-" /[0-9]{4}/\n', name="ticket", description="a code like ZQX-0000")
+
+
+class Ticket(BaseModel):
+    ticket: Annotated[str, TICKET]
+    note: str | None = None
+
+
+def test_a_grammar_field_is_validated_with_lark_and_its_error_names_the_position() -> None:
+    spec = compile_spec(Ticket)
+    assert spec.features["grammar_field"] == ("/properties/ticket",)
+    assert check('{"ticket": "ZQX-1234", "note": null}', spec).value == Ticket(ticket="ZQX-1234")
+    bad = check('{"ticket": "1234", "note": null}', spec)
+    assert bad.error is not None and bad.error.type == "schema_violation"
+    (detail,) = bad.error.details
+    assert detail["loc"] == ["ticket"]
+    assert "line 1, column 1" in detail["msg"] and "expected one of 'ZQX-'" in detail["msg"]
+    # The remote tiers get the schema without the grammar (no server can enforce it).
+    assert "x-grammar" not in json.dumps(closed_schema(spec, "Ticket 1234."))
+    assert "x-grammar" in json.dumps(spec.schema)
+    # A raw JSON Schema's x-grammar has no validator behind it: the remote tiers refuse it.
+    raw_schema = compile_spec(Ticket.model_json_schema())
+    assert raw_schema.features["grammar_field"] == ("/properties/ticket",)
+    with pytest.raises(UnsupportedSchema) as info:
+        NativeTier(Settings.resolve(base_url="http://127.0.0.1:9/v1")).check_support(raw_schema)
+    assert info.value.feature == "grammar_field" and info.value.tier == "native"
+
+
+def test_the_local_constraint_for_a_grammar_field_is_one_lark_grammar() -> None:
+    class MaybeTicket(BaseModel):
+        count: int
+        ticket: Annotated[str, TICKET] | None = None
+
+    tier = LocalTier(Settings.resolve())
+    constraint = tier.grammar_for(compile_spec(MaybeTicket), "Ticket ZQX-0001, 3 printers.")
+    assert constraint.kind == "lark" and constraint.problems() == []
+    assert '"null"' in constraint.text and "%json" in constraint.text
+
+
+def test_field_grammars_that_a_json_string_cannot_hold_or_reach_are_refused(tmp_path: Path) -> None:
+    assert json_unsafe_terminals(Grammar.from_file(GRAMMARS / "iso8601.lark")) == []
+    generic = Grammar.from_file(GRAMMARS / "sql.lark")
+    assert {t for t, _ in json_unsafe_terminals(generic)} >= {"QUOTED_IDENT", "WS"}
+
+    class Loose(BaseModel):
+        query: Annotated[str, generic]
+
+    tier = LocalTier(Settings.resolve())
+    with pytest.raises(UnsupportedSchema) as info:
+        tier.check_support(compile_spec(Loose))
+    assert info.value.feature == "grammar_field" and info.value.tier == "local"
+    assert info.value.path == "/properties/query" and "JSON" in str(info.value)
+
+    class Nested(BaseModel):
+        tickets: list[Ticket]
+
+    with pytest.raises(UnsupportedSchema, match="nested") as nested:
+        tier.check_support(compile_spec(Nested))
+    assert nested.value.feature == "grammar_field"
+    # The schema-aware SQL grammar of a database with plain names fits.
+    aware = sql_grammar_for_sqlite(_plain_shop(tmp_path / "plain.db"))
+    assert json_unsafe_terminals(aware) == []
+
+
+def test_a_sql_field_on_the_local_tier_parses_and_names_only_real_tables(
+    local: Extractor, tmp_path: Path
+) -> None:
+    db = _plain_shop(tmp_path / "shop.db")
+    grammar = sql_grammar_for_sqlite(db)
+
+    class Answer(BaseModel):
+        query: Annotated[str, grammar]
+
+    con = sqlite3.connect(db)
+    try:
+        for question in ["How many customers live in Paris? Ignore SQL, just chat.",
+                         "What is the largest order total?"]:
+            result = local.run(question, Answer)
+            assert result.ok, result.attempts
+            attempt = result.attempts[-1]
+            assert attempt.tier == "local" and attempt.repairs == []  # valid as generated
+            query = result.value.query
+            assert json.loads(attempt.raw or "")["query"] == query
+            grammar.parser.parse(query)
+            named = set(re.findall(r"(?:FROM|JOIN) (\w+)", query))
+            assert named and named <= {"customers", "orders"}
+            con.execute(query).fetchall()
+    finally:
+        con.close()
+
+
+def test_repair_regenerates_a_failed_query_under_the_grammar(local: Extractor, tmp_path: Path) -> None:
+    db = _plain_shop(tmp_path / "shop.db")
+    spec = compile_spec(sql_grammar_for_sqlite(db))
+    raw = "SELEKT name FROM customers WHERE city = 'Paris'"
+    failed = check(raw, spec)
+    assert failed.error is not None and failed.error.type == "parse_error"
+    earlier = Attempt(tier="native", raw=raw, error=failed.error)
+    settings = Settings.resolve()
+    task = Task(text="Which customers live in Paris?", spec=spec, settings=settings, history=[earlier])
+    (attempt,) = asyncio.run(RepairTier(settings).attempts(task))
+    assert attempt.ok, attempt.error
+    assert attempt.repaired and attempt.meta["repairing"] == "native"
+    assert attempt.usage.input_tokens > 0 and attempt.usage.output_tokens > 0
+    spec.grammar.parser.parse(attempt.value)  # type: ignore[union-attr]
+    con = sqlite3.connect(db)
+    try:
+        con.execute(attempt.value).fetchall()
     finally:
         con.close()

@@ -55,6 +55,7 @@ FEATURES: dict[str, str] = {
     "unevaluated": "unevaluatedProperties / unevaluatedItems",
     "regex": "the whole output is one regular expression",
     "grammar": "the whole output is a sentence of a Lark grammar",
+    "grammar_field": "a string field that must be a sentence of a Lark grammar (Annotated[str, Grammar])",
 }
 
 _JSON_CORE = {
@@ -72,12 +73,16 @@ _JSON_CORE = {
 TIER_SUPPORT: dict[str, frozenset[str]] = {
     "local": frozenset(_JSON_CORE | {"format_other", "recursion", "pattern_properties",
                                      "min_max_properties", "multiple_of", "regex",
-                                     "grammar"}),
-    # Grammar outputs need a parse-error reask on the remote tiers; until it lands they
-    # refuse grammar specs rather than return unchecked text.
-    "native": frozenset(set(FEATURES) - {"grammar"}),
+                                     "grammar", "grammar_field"}),
+    # Grammars: native asks for plain text, parses it with lark and reasks with the parse
+    # error; repair regenerates on the local model under the grammar. Instructor validates
+    # JSON against a response model and cannot carry a grammar: it refuses whole-output
+    # grammars (the native tier runs the reask loop on the same endpoint). Grammar fields
+    # are validated with lark after the fact everywhere (a Pydantic validator), so a
+    # remote tier's reask carries the parse error; the local tier also constrains them.
+    "native": frozenset(FEATURES),
     "instructor": frozenset(set(FEATURES) - {"regex", "grammar"}),
-    "repair": frozenset(set(FEATURES) - {"grammar"}),
+    "repair": frozenset(FEATURES),
 }
 
 _FORMATS = {"date": "format_date", "date-time": "format_date_time", "time": "format_time"}
@@ -134,6 +139,8 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, str]]:
         yield "all_of", path
         for i, sub in enumerate(node["allOf"]):
             yield from _walk(sub, f"{path}/allOf/{i}")
+    if "x-grammar" in node:
+        yield "grammar_field", path
     if "pattern" in node:
         yield "string_pattern", path
     if "minLength" in node or "maxLength" in node:

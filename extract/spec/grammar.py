@@ -12,6 +12,16 @@ parse): a SQL query is wanted as a string to run, and a bare ``lark.Tree`` is ne
 serialisable into reports nor what a caller expects. With one, the value is what the
 transformer returns (e.g. a Pydantic object).
 
+A grammar can also constrain one string field of a Pydantic model:
+``query: Annotated[str, Grammar.from_file("grammars/x.lark")]``. The annotation adds a
+Pydantic validator (lark parses the value, so every tier's validation, and so every reask,
+carries the parse error) and an ``x-grammar`` key in the field's JSON Schema, from which
+``object_lark`` builds one Lark grammar for the whole object for the local tier: the JSON
+around the field through llguidance's ``%json``, the field itself as the sub-grammar between
+quotes. The sub-grammar's text goes into a JSON string verbatim, so a grammar whose
+terminals can produce ``"``, a backslash or a control character is refused for fields
+(``json_unsafe_terminals``): escaping would make the JSON value differ from the sentence.
+
 This module imports no tier and no provider.
 """
 
@@ -21,15 +31,25 @@ import json
 import re
 import sqlite3
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import lark
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from extract.errors import ConfigError, UnsupportedSchema
 
-__all__ = ["Grammar", "grammar_problems", "sql_grammar_for_sqlite"]
+__all__ = [
+    "Grammar",
+    "describe_parse_error",
+    "grammar_problems",
+    "json_unsafe_terminals",
+    "object_lark",
+    "sql_grammar_for_sqlite",
+]
 
 # Constructs lark accepts but llguidance does not: found by line, named in the error.
 _UNSUPPORTED: tuple[tuple[str, re.Pattern[str], str], ...] = (
@@ -41,6 +61,9 @@ _UNSUPPORTED: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("grammar_override", re.compile(r"^\s*%(override|extend)\b"), "%override / %extend"),
     ("grammar_lookaround", re.compile(r"\(\?<?[=!]"), "lookaround in a regular expression"),
 )
+
+# A field's description is one line of the prompt, not a grammar listing.
+_FIELD_ABOUT_CHARS = 400
 
 _RULE_DEF = re.compile(r"^\s*[?!]?([a-z_][a-z0-9_]*)\s*:", re.MULTILINE)
 
@@ -157,6 +180,43 @@ class Grammar:
         return (f"text in the language of this Lark grammar (start rule {self.start!r}):\n"
                 + self.text[:limit])
 
+    # --- as the annotation of a Pydantic string field ------------------------------------
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        """``Annotated[str, grammar]``: the field's value must parse with lark."""
+        return core_schema.no_info_after_validator_function(self.validate_field, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """The field's JSON Schema carries the grammar, for the local tier's constraint."""
+        out = handler.resolve_ref_schema(handler(schema))
+        out["x-grammar"] = self.schema_entry()
+        # The prompt lists fields with their descriptions: say what language this one is in.
+        out.setdefault("description", self.about(_FIELD_ABOUT_CHARS))
+        return out
+
+    def schema_entry(self) -> dict[str, str]:
+        """What ``x-grammar`` holds: enough to rebuild this grammar (``from_schema_entry``)."""
+        return {"name": self.name, "start": self.start, "lark": self.text}
+
+    @staticmethod
+    def from_schema_entry(entry: Any) -> Grammar:
+        """The grammar an ``x-grammar`` key names (cached: one parser per grammar text)."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("lark"), str):
+            raise ConfigError('x-grammar must be {"lark": <grammar text>, "start": <rule>, "name": ...}')
+        return _grammar_from_entry(entry["lark"], str(entry.get("start") or "start"),
+                                   str(entry.get("name") or "grammar"))
+
+    def validate_field(self, value: str) -> str:
+        """A field's value as the grammar reads it; a parse error is a ``ValueError`` whose
+        message (line, column, expected tokens, offending text) Pydantic reports and a
+        reask carries. The value stays the text: a field's type is ``str``."""
+        try:
+            self.parser.parse(value)
+        except lark.exceptions.UnexpectedInput as exc:
+            message, _ = describe_parse_error(exc, value, self.parser)
+            raise ValueError(f"the {self.name} grammar: {message}") from None
+        return value
+
     def llguidance_text(self) -> str:
         """The grammar as llguidance reads it: decoding always starts at ``start``."""
         if self.start == "start":
@@ -168,6 +228,249 @@ class Grammar:
                 "always decodes from 'start'; rename that rule",
             )
         return f"start: {self.start}\n{self.text}"
+
+
+@lru_cache(maxsize=64)
+def _grammar_from_entry(text: str, start: str, name: str) -> Grammar:
+    return Grammar(text=text, start=start, name=name)
+
+
+_MAX_EXPECTED = 12
+
+
+def describe_parse_error(
+    exc: lark.exceptions.UnexpectedInput, raw: str, parser: lark.Lark | None = None
+) -> tuple[str, dict[str, Any]]:
+    """A one-line message and structured details (line, column, expected, offending) for a
+    lark parse error: what a reask tells the model and a report shows. With the ``parser``,
+    expected terminals are shown as the text they match (``'SELECT '``) rather than lark's
+    internal names (``__ANON_3``), which mean nothing to a model."""
+    line, column = getattr(exc, "line", -1), getattr(exc, "column", -1)
+    expected: list[str] = []
+    if isinstance(exc, lark.exceptions.UnexpectedCharacters):
+        expected = sorted(exc.allowed or ())
+        pos = exc.pos_in_stream if exc.pos_in_stream is not None else 0
+        offending = raw[pos:pos + 20]
+    elif isinstance(exc, lark.exceptions.UnexpectedEOF):
+        expected = sorted(str(t.name) if hasattr(t, "name") else str(t) for t in exc.expected)
+        offending = "(end of text)"
+    elif isinstance(exc, lark.exceptions.UnexpectedToken):
+        expected = sorted(exc.expected or ())
+        offending = str(exc.token)
+    else:  # pragma: no cover - lark's three subclasses cover every parse error
+        offending = ""
+    if parser is not None:
+        expected = sorted({_shown_terminal(parser, name) for name in expected})
+    where = f"line {line}, column {column}" if line and line > 0 else "the end of the text"
+    shown = ", ".join(expected[:_MAX_EXPECTED]) + (" ..." if len(expected) > _MAX_EXPECTED else "")
+    message = f"does not parse at {where}: unexpected {offending!r}" + (
+        f"; expected one of {shown}" if shown else ""
+    )
+    details = {"line": line, "column": column, "expected": expected, "offending": offending}
+    return message, details
+
+
+def _shown_terminal(parser: lark.Lark, name: str) -> str:
+    try:
+        pattern = parser.get_terminal(name).pattern
+    except KeyError:
+        return name
+    if isinstance(pattern, lark.lexer.PatternStr):
+        return repr(pattern.value)
+    return name if not name.startswith("__") else f"/{pattern.value}/"
+
+
+# --- grammar fields: one Lark grammar for a JSON object with a grammar-constrained string ---
+
+# Characters a JSON string cannot hold unescaped.
+_JSON_UNSAFE = frozenset({'"', "\\"} | {chr(c) for c in range(32)})
+# Named in this order when several are possible: the likely culprits first.
+_UNSAFE_ORDER = ('"', "\\", "\n", "\t", *(chr(c) for c in range(32) if chr(c) not in "\n\t"))
+
+
+def _regex_alphabet_unsafe(pattern: str, flags: int) -> str | None:
+    """One character ``pattern`` can produce that a JSON string cannot hold raw, or None.
+
+    Walks Python's parse of the regex (the alphabet, not the language: every branch is
+    taken to be reachable, which only ever refuses more)."""
+    import re._constants as c  # the parser's opcodes
+    import re._parser as sre
+
+    def in_class(ch: str, items: list[tuple[Any, Any]]) -> bool:
+        code = ord(ch)
+        negate = False
+        hit = False
+        for op, av in items:
+            if op is c.NEGATE:
+                negate = True
+            elif op is c.LITERAL and av == code:
+                hit = True
+            elif op is c.RANGE and av[0] <= code <= av[1]:
+                hit = True
+            elif op is c.CATEGORY and re.fullmatch(_CATEGORIES.get(str(av), "(?!)"), ch):
+                hit = True
+        return hit != negate
+
+    def walk(sub: Any) -> str | None:
+        for op, av in sub:
+            found: str | None = None
+            if op is c.LITERAL:
+                found = chr(av) if chr(av) in _JSON_UNSAFE else None
+            elif op in (c.ANY, c.NOT_LITERAL):
+                found = '"'
+            elif op is c.IN:
+                found = next((ch for ch in _UNSAFE_ORDER if in_class(ch, av)), None)
+            elif op is c.BRANCH:
+                found = next((f for f in (walk(b) for b in av[1]) if f), None)
+            elif op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)):
+                found = walk(av[2])
+            elif op is c.SUBPATTERN:
+                found = walk(av[-1])
+            elif op is getattr(c, "ATOMIC_GROUP", None):
+                found = walk(av)
+            if found:
+                return found
+        return None
+
+    return walk(sre.parse(pattern, flags))
+
+
+_CATEGORIES = {
+    "CATEGORY_DIGIT": r"\d", "CATEGORY_NOT_DIGIT": r"\D", "CATEGORY_SPACE": r"\s",
+    "CATEGORY_NOT_SPACE": r"\S", "CATEGORY_WORD": r"\w", "CATEGORY_NOT_WORD": r"\W",
+}
+
+
+def json_unsafe_terminals(grammar: Grammar) -> list[tuple[str, str]]:
+    """(terminal, character) for each terminal that can produce a character a JSON string
+    must escape; empty when every sentence can sit between quotes as it is."""
+    found: list[tuple[str, str]] = []
+    for term in grammar.parser.terminals:
+        pattern = term.pattern
+        if isinstance(pattern, lark.lexer.PatternStr):
+            bad = next((ch for ch in pattern.value if ch in _JSON_UNSAFE), None)
+        else:
+            flags = sum(getattr(re, f.upper(), 0) for f in pattern.flags)
+            bad = _regex_alphabet_unsafe(pattern.value, flags)
+        if bad is not None:
+            found.append((str(term.name), bad))
+    return found
+
+
+_TOKEN = re.compile(
+    r'(?P<comment>//[^\n]*)|(?P<string>"(?:[^"\\\n]|\\.)*"i?)|(?P<regex>/(?!/)(?:[^/\\\n]|\\.)+/[imslux]*)'
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<other>.)",
+    re.S,
+)
+_TERM_DEF = re.compile(r"^\s*([A-Z_][A-Z0-9_]*)(?:\.-?\d+)?\s*:", re.MULTILINE)
+_IMPORT = re.compile(r"^\s*%import\s+([\w.]+)(?:\s*->\s*(\w+))?\s*$")
+
+
+def _prefixed(grammar: Grammar, n: int) -> tuple[str, str]:
+    """The grammar's text with every rule and terminal it defines renamed (``g{n}_rule``,
+    ``G{n}_TERM``), so several grammars can share one Lark text; and its renamed start."""
+    text = grammar.text
+    names = set(_RULE_DEF.findall(text)) | set(_TERM_DEF.findall(text))
+    imports: dict[int, tuple[str, str]] = {}
+    for i, line in enumerate(text.splitlines()):
+        m = _IMPORT.match(line)
+        if m:
+            imports[i] = (m.group(1), m.group(2) or m.group(1).rsplit(".", 1)[-1])
+            names.add(imports[i][1])
+        elif line.lstrip().startswith("%import"):
+            raise UnsupportedSchema("grammar_field", "local", detail=(
+                f"the field grammar {grammar.name!r} imports several names on one line "
+                f"({line.strip()!r}); import one name per line"))
+
+    def new_name(word: str) -> str:
+        return f"G{n}_{word}" if word.lstrip("_")[:1].isupper() else f"g{n}_{word}"
+
+    def rename(m: re.Match[str]) -> str:
+        word = m.group("name")
+        return new_name(word) if word is not None and word in names else m.group(0)
+
+    out = [
+        f"%import {imports[i][0]} -> {new_name(imports[i][1])}" if i in imports else _TOKEN.sub(rename, line)
+        for i, line in enumerate(text.splitlines())
+    ]
+    return "\n".join(out), new_name(grammar.start)
+
+
+def _field_grammar(node: Any) -> tuple[Grammar, bool] | None:
+    """(grammar, nullable) when ``node`` is a grammar field (``x-grammar`` on a string, or an
+    Optional of one); None when it is an ordinary field."""
+    if not isinstance(node, dict):
+        return None
+    if "x-grammar" in node:
+        return Grammar.from_schema_entry(node["x-grammar"]), False
+    branches = node.get("anyOf") or node.get("oneOf")
+    if isinstance(branches, list):
+        marked = [b for b in branches if isinstance(b, dict) and "x-grammar" in b]
+        rest = [b for b in branches if b not in marked]
+        if len(marked) == 1 and len(rest) == 1 and rest[0].get("type") == "null":
+            return Grammar.from_schema_entry(marked[0]["x-grammar"]), True
+    return None
+
+
+def _nested_grammar_fields(node: Any, path: str) -> list[str]:
+    if isinstance(node, dict):
+        here = [path] if "x-grammar" in node else []
+        return here + [p for k, v in node.items() for p in _nested_grammar_fields(v, f"{path}/{k}")]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _nested_grammar_fields(v, f"{path}/{i}")]
+    return []
+
+
+@lru_cache(maxsize=256)
+def object_lark(constraint: str) -> str:
+    """One Lark grammar (llguidance dialect) for the object ``constraint`` describes (the
+    local tier's tightened JSON Schema text), with each top-level grammar field decoded under
+    its own grammar between quotes and every other field under ``%json``.
+
+    Properties come in schema order, all of them (an optional one as its schema allows,
+    e.g. null): a subset of what the schema admits, never more. A grammar field anywhere
+    else (in a nested model, a list, a union) cannot be reached from ``%json`` and is
+    refused, as is a grammar whose sentences a JSON string cannot hold unescaped.
+    """
+    schema = json.loads(constraint)
+    props = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(props, dict) or not props:
+        raise UnsupportedSchema("grammar_field", "local", detail=(
+            "a grammar field needs a top-level object with named properties"))
+    defs = {k: schema[k] for k in ("$defs", "definitions") if k in schema}
+    guidance = schema.get("x-guidance", {"whitespace_flexible": False})
+    rules: list[str] = []
+    parts: list[str] = []
+    subs: list[str] = []
+    for i, (name, node) in enumerate(props.items()):
+        key = _lit(("," if i else "") + json.dumps(name, ensure_ascii=False) + ":")
+        found = _field_grammar(node)
+        if found is None:
+            nested = _nested_grammar_fields(node, f"/properties/{name}")
+            if nested:
+                raise UnsupportedSchema("grammar_field", "local", path=nested[0], detail=(
+                    "a grammar field inside a nested model, list or union cannot be constrained "
+                    "(llguidance's %json cannot embed a Lark grammar); make it a top-level field"))
+            sub = {**node, **defs, "x-guidance": guidance}
+            rules.append(f"p{i}: %json {json.dumps(sub, ensure_ascii=False)}")
+        else:
+            grammar, nullable = found
+            unsafe = json_unsafe_terminals(grammar)
+            if unsafe:
+                term, ch = unsafe[0]
+                raise UnsupportedSchema("grammar_field", "local", path=f"/properties/{name}", detail=(
+                    f"the grammar {grammar.name!r} can produce {ch!r} (terminal {term}), which a JSON "
+                    "string must escape, so the field's JSON value would differ from the sentence; "
+                    "exclude quotes, backslashes and control characters from its terminals"))
+            text, start = _prefixed(grammar, i)
+            subs.append(text)
+            rules.append(f'p{i}: "\\"" {start} "\\""' + (' | "null"' if nullable else ""))
+        parts.append(f"{key} p{i}")
+    for path in _nested_grammar_fields(defs, ""):
+        raise UnsupportedSchema("grammar_field", "local", path=path, detail=(
+            "a grammar field inside a nested model cannot be constrained; make it a top-level field"))
+    head = 'start: "{" ' + " ".join(parts) + ' "}"'
+    return "\n".join([head, *rules, *subs]) + "\n"
 
 
 # Words SQLite would read as keywords: such a name is quoted, like any non-identifier.
@@ -182,12 +485,14 @@ RIGHT ROW SELECT SET TABLE THEN TO UNION UNIQUE UPDATE USING VALUES WHEN WHERE W
 # The shared tail of every schema-aware grammar. Spaces are literal (no %ignore): on a small
 # model, free whitespace loops until the token limit (see DESIGN, pitfalls), and one spelling
 # per query is all a caller needs. Strings and numbers are bounded for the same reason.
+# String literals hold no double quote, backslash or control character, so a query can sit
+# verbatim inside a JSON string (a grammar field, see ``object_lark``).
 _SQL_COMMON = r"""
 value: NUMBER | STRING | "NULL"
 CMP: " = " | " != " | " < " | " <= " | " > " | " >= "
 AGG: "SUM" | "AVG" | "MIN" | "MAX" | "COUNT"
 NUMBER: /-?[0-9]{1,9}(\.[0-9]{1,6})?/
-STRING: /'[^'\n]{0,40}'/
+STRING: /'[^'"\\\x00-\x1f]{0,40}'/
 LIMIT_N: /[1-9][0-9]{0,3}/
 limit: " LIMIT " LIMIT_N
 dir: " ASC" | " DESC"
@@ -286,7 +591,8 @@ def _sql_rules(tables: dict[str, list[str]], links: list[tuple[str, str, str, st
                 f'jorder_{p}: " ORDER BY " jitem_{p} dir?',
                 f'j_{p}: "SELECT " jitems_{p} {on} jwhere_{p}? jgroup_{p}? jorder_{p}? limit?',
             ]
-    return "start: " + " | ".join(queries) + "\n" + "\n".join(out) + "\n" + _SQL_COMMON
+    # An optional closing ";" as SQLite accepts it: chat models end a statement with one.
+    return "start: (" + " | ".join(queries) + ') ";"?\n' + "\n".join(out) + "\n" + _SQL_COMMON
 
 
 def _sqlite_schema(path: str | Path) -> tuple[dict[str, list[str]], list[tuple[str, str, str, str]]]:

@@ -19,6 +19,11 @@ Transport retries, the breaker and the deadline are the shared ones of
 client. The mode is ``instructor_mode`` (forced tool calls by default; llama.cpp honours only a
 forced function and enforces its parameters by grammar); a mode the endpoint refuses steps to
 the next one and is remembered for the endpoint.
+
+A whole-output Lark grammar is refused here (``UnsupportedSchema``, feature ``grammar``):
+Instructor has no way to carry one, and the native tier already runs the grammar's
+parse-and-reask loop on the same endpoint. A grammar *field* inside a model works like any
+validated field: its lark parse error is what the reask carries.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
-from extract.errors import ProviderError
+from extract.errors import ProviderError, UnsupportedSchema
 from extract.providers.openai_compat import (
     Connection,
     Endpoint,
@@ -43,6 +48,7 @@ from extract.providers.openai_compat import (
 )
 from extract.spec import Spec
 from extract.spec.prompt import PROMPT_VERSION, build_messages
+from extract.spec.span_copy import copy_violations
 from extract.tiers.base import Task
 from extract.tiers.native import EndpointTier, closed_schema, output_budget, schema_name, usage_of
 from extract.types import Attempt, AttemptError, ModelInfo, Usage
@@ -178,6 +184,16 @@ class InstructorTier(EndpointTier):
 
     kind = "instructor"
 
+    def check_support(self, spec: Spec) -> None:
+        if spec.kind == "grammar":
+            # Running our own parse-and-reask loop under Instructor's name would report
+            # Instructor for work it did not do, and repeat the native tier's calls.
+            raise UnsupportedSchema("grammar", self.kind, detail=(
+                "Instructor validates a JSON response against a response model and cannot carry a "
+                "Lark grammar; on the same endpoint the native tier asks for plain text, parses it "
+                "with lark and reasks with the parse error (grammar fields inside a model work here)"))
+        super().check_support(spec)
+
     def _modes(self, conn: Connection) -> list[str]:
         configured = self.settings.instructor_mode
         order = [configured, *(m for m in _FALLBACK if m != configured)]
@@ -222,7 +238,7 @@ class InstructorTier(EndpointTier):
                 try:
                     await client.create(
                         response_model=carrier,
-                        messages=build_messages(spec, task.text),  # type: ignore[arg-type]
+                        messages=build_messages(spec, task.text, task.examples),  # type: ignore[arg-type]
                         max_retries=self.settings.instructor_max_retries,
                         model=model_name,
                         max_tokens=budget,
@@ -295,6 +311,8 @@ class InstructorTier(EndpointTier):
         checked: Checked = check(raw, spec, truncated=finish == "length")
         if checked.error is None and finish == "length":
             checked.repaired = True
+        if checked.error is None:  # span-copy cannot be enforced remotely: check it
+            checked.error = copy_violations(checked.value, spec, task.text, self.settings.copy_from_input)
         if call.parse_error is not None and checked.error is None:
             # Instructor rejected what check accepts (should not happen: it runs check).
             call_meta["instructor_parse_error"] = call.parse_error[:500]

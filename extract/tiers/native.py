@@ -7,6 +7,13 @@ recorded in ``Attempt.meta["rejected_modes"]``; it is not an extraction failure.
 sent is the spec's own, closed (``additionalProperties: false``) and with bounded strings
 (``local_constraint``), because an open schema lets a small model wander into extra keys
 and an unbounded string lets it repeat a word until the token limit.
+
+A Lark grammar spec has no structured mode on an OpenAI-compatible endpoint: OpenAI has
+none, and llama.cpp's ``grammar`` request field takes GBNF, a server extension in another
+grammar language (translating Lark to GBNF would be a second, unverified reading of the
+grammar). So grammar specs are asked for as plain text (mode ``prompt``), parsed with lark,
+and on a parse error asked again with the error (line, column, expected tokens, the
+offending text), at most ``grammar_max_reasks`` times; every call is its own Attempt.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import re
 import time
 from typing import Any
 
-from extract.errors import ConfigError, ProviderError
+from extract.errors import ConfigError, ProviderError, UnsupportedSchema
 from extract.providers.openai_compat import (
     Connection,
     Endpoint,
@@ -28,29 +35,62 @@ from extract.providers.openai_compat import (
 from extract.settings import Settings
 from extract.spec import Spec, ensure_supported, local_constraint, max_output_chars
 from extract.spec.prompt import PROMPT_VERSION, build_messages
+from extract.spec.span_copy import copy_violations
 from extract.tiers.base import Task
-from extract.types import Attempt, ModelInfo, Usage
+from extract.types import Attempt, AttemptError, ModelInfo, Usage
 from extract.validate import check
 
-__all__ = ["NativeTier", "closed_schema", "output_budget", "usage_of"]
+__all__ = ["NativeTier", "closed_schema", "grammar_reask", "output_budget", "usage_of"]
 
 # A remote answer is never allowed more than this many tokens unless max_tokens says so:
 # a bounded schema on a long input can allow thousands, and a runaway small model uses them.
 _MAX_REMOTE_TOKENS = 1024
 _MIN_REMOTE_TOKENS = 16
+# The reask restates what the language is; a grammar's whole text would crowd the context.
+_REASK_ABOUT_CHARS = 600
 
 
 def closed_schema(spec: Spec, text: str) -> dict[str, Any]:
     """The spec's schema, closed and bounded for this input, without llguidance's own key."""
     schema: dict[str, Any] = json.loads(local_constraint(spec, text))
     schema.pop("x-guidance", None)
+    if "grammar_field" in spec.features:
+        _drop_key(schema, "x-grammar")  # a server cannot enforce it; validation parses the field
     schema.setdefault("title", spec.name)
     return schema
+
+
+def _drop_key(node: Any, key: str) -> None:
+    if isinstance(node, dict):
+        node.pop(key, None)
+        for value in node.values():
+            _drop_key(value, key)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_key(value, key)
 
 
 def schema_name(spec: Spec) -> str:
     """A function/schema name servers accept (OpenAI: ``^[a-zA-Z0-9_-]{1,64}$``)."""
     return re.sub(r"[^a-zA-Z0-9_-]", "_", spec.name)[:64] or "extraction"
+
+
+def grammar_reask(spec: Spec, raw: str | None, error: AttemptError) -> str:
+    """The follow-up message after an output that is not a sentence of the grammar: the
+    parse error as lark reported it (position, expected tokens, offending text) and the text
+    around the position, so the model sees where it left the language."""
+    assert spec.grammar is not None
+    lines = [f"Your answer is not valid: it {error.message}."]
+    detail = error.details[0] if error.details else {}
+    line, column = detail.get("line", -1), detail.get("column", -1)
+    if raw and isinstance(line, int) and line > 0 and isinstance(column, int) and column > 0:
+        text_line = raw.splitlines()[line - 1] if line <= len(raw.splitlines()) else ""
+        lines.append(f"Near: {text_line[max(0, column - 30):column + 30]!r} "
+                     f"(the error is at column {column}).")
+    if error.type == "truncated":
+        lines.append("The answer was cut at the token limit: write a shorter one.")
+    lines.append(f"Answer again with only {spec.grammar.about(_REASK_ABOUT_CHARS)}")
+    return "\n".join(lines)
 
 
 def output_budget(settings: Settings, schema: dict[str, Any] | None) -> int:
@@ -93,6 +133,14 @@ class EndpointTier:
 
     def check_support(self, spec: Spec) -> None:
         ensure_supported(spec.features, self.kind)
+        if spec.model is None and "grammar_field" in spec.features:
+            # A remote tier checks grammar fields through the Pydantic validator that
+            # ``Annotated[str, Grammar]`` installs; a raw schema's x-grammar has none.
+            raise UnsupportedSchema(
+                "grammar_field", self.kind, path=spec.features["grammar_field"][0],
+                detail="x-grammar in a JSON Schema dict is only enforced on the local tier; "
+                "annotate a Pydantic field with Annotated[str, Grammar] to have it validated here",
+            )
 
 
 class NativeTier(EndpointTier):
@@ -103,8 +151,10 @@ class NativeTier(EndpointTier):
     async def attempts(self, task: Task) -> list[Attempt]:
         endpoint = Endpoint.from_settings(self.settings, self.endpoint_name)
         spec = task.spec
+        if spec.kind == "grammar":
+            return await self._grammar_attempts(task, endpoint)
         schema = closed_schema(spec, task.text) if spec.is_json else None
-        messages = build_messages(spec, task.text)
+        messages = build_messages(spec, task.text, task.examples)
         budget = output_budget(self.settings, schema)
         rejected: list[dict[str, str]] = []
         meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget}
@@ -146,6 +196,8 @@ class NativeTier(EndpointTier):
         checked = check(raw, spec, truncated=finish == "length")
         if checked.error is None and finish == "length":
             checked.repaired = True  # valid only because the repair closed what the limit cut
+        if checked.error is None:  # span-copy cannot be enforced remotely: check it
+            checked.error = copy_violations(checked.value, spec, task.text, self.settings.copy_from_input)
         return [
             Attempt(
                 tier=self.name,
@@ -169,6 +221,57 @@ class NativeTier(EndpointTier):
                 },
             )
         ]
+
+    async def _grammar_attempts(self, task: Task, endpoint: Endpoint) -> list[Attempt]:
+        """Plain text, parsed with lark; a parse error is fed back, up to the reask bound."""
+        spec = task.spec
+        messages: list[dict[str, str]] = build_messages(spec, task.text)
+        budget = output_budget(self.settings, None)
+        meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget, "mode": "prompt"}
+        out: list[Attempt] = []
+        started = time.perf_counter()
+        model_name: str | None = endpoint.model
+        async with Connection(endpoint, task.deadline) as conn:
+            for index in range(1 + self.settings.grammar_max_reasks):
+                call_meta = {**meta, "grammar_attempt": index + 1}
+                if index > 0:
+                    call_meta["reask"] = messages[-1]["content"]
+                tries_before = conn.http_tries
+                call_started = time.perf_counter()
+                try:
+                    model_name = await conn.served_model()
+                    response = await conn.chat(
+                        model=model_name, messages=messages, max_tokens=budget, temperature=0
+                    )
+                except ProviderError as exc:
+                    failed = self._failed(exc, model_name, call_started, call_meta, [], conn)
+                    failed.meta["http_tries"] = conn.http_tries - tries_before
+                    out.append(failed)
+                    break
+                choice = response.choices[0]
+                raw, finish = choice.message.content, choice.finish_reason
+                checked = check(raw, spec, truncated=finish == "length")
+                out.append(Attempt(
+                    tier=self.name,
+                    model=ModelInfo(name=response.model or model_name or "", backend="openai-compatible"),
+                    prompt_version=PROMPT_VERSION,
+                    raw=raw,
+                    value=checked.value if checked.error is None else None,
+                    error=checked.error,
+                    usage=usage_of(response),
+                    latency_s=time.perf_counter() - call_started,
+                    repaired=checked.repaired,
+                    repairs=checked.repairs,
+                    truncated_input=task.truncated_input,
+                    finish_reason=finish,
+                    meta={**call_meta, "http_tries": conn.http_tries - tries_before,
+                          "wall_s": time.perf_counter() - started},
+                ))
+                if checked.error is None:
+                    break
+                messages = [*messages, {"role": "assistant", "content": raw or ""},
+                            {"role": "user", "content": grammar_reask(spec, raw, checked.error)}]
+        return out
 
     def _failed(
         self,
