@@ -3,6 +3,8 @@
 The public API is exactly ``__all__``; everything else may change.
 """
 
+from extract.authoring import CheckReport, check_spec
+from extract.batch import aextract_many, extract_many
 from extract.errors import (
     ConfigError,
     ExtractError,
@@ -10,23 +12,27 @@ from extract.errors import (
     ProviderError,
     UnsupportedSchema,
 )
+from extract.observability import enable_event_log
 from extract.pipeline import Extractor, aextract, extract
-from extract.settings import Settings
+from extract.settings import Price, Settings
 from extract.spec import Regex, Spec, compile_spec
 from extract.spec.grammar import Grammar, sql_grammar_for_sqlite
-from extract.types import Attempt, AttemptError, ModelInfo, Result, Usage
+from extract.types import Attempt, AttemptError, Chunk, ModelInfo, Result, Usage
 from extract.validate import Checked, parse_output
 
 __all__ = [
     "Attempt",
     "AttemptError",
+    "CheckReport",
     "Checked",
+    "Chunk",
     "ConfigError",
     "ExtractError",
     "ExtractionFailed",
     "Extractor",
     "Grammar",
     "ModelInfo",
+    "Price",
     "ProviderError",
     "Regex",
     "Result",
@@ -35,8 +41,12 @@ __all__ = [
     "UnsupportedSchema",
     "Usage",
     "aextract",
+    "aextract_many",
+    "check_spec",
     "compile_spec",
+    "enable_event_log",
     "extract",
+    "extract_many",
     "parse_output",
     "sql_grammar_for_sqlite",
 ]

@@ -277,30 +277,9 @@ def _resume(path: Path) -> set[tuple[str, str, str, str]]:
 
 def _progress(total: int) -> Any:
     """A rich progress bar with rate and ETA on a terminal; nothing at all otherwise."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        Task,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
+    from extract.batch import progress_bar
 
-    class RateColumn(ProgressColumn):
-        def render(self, task: Task) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text("–/s" if speed is None else f"{speed:.2f} it/s")
-
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        console=console, disable=not console.is_terminal, transient=False,
-    )
+    return progress_bar()
 
 
 def _plan(runs: Sequence[BenchRun], sample: int | None, seed: int) -> Iterator[tuple[BenchRun, list[_Item]]]:
@@ -351,7 +330,8 @@ def run_bench(
                 pending = [it for it in items if (run.label, run.schema_label, policy, it.id) not in done]
                 if not pending:
                     continue
-                options: dict[str, Any] = {**(settings or {}), "base_url": base_url}
+                # A benchmark measures calls: never serve them from the result cache.
+                options: dict[str, Any] = {"cache": False, **(settings or {}), "base_url": base_url}
                 if run.max_tokens is not None:
                     options["max_tokens"] = run.max_tokens
                 extractor, unavailable = _extractor(policy, options)

@@ -79,11 +79,22 @@ def run(
     model_path: Annotated[Path | None, typer.Option(help="A GGUF file or model directory.")] = None,
     backend: Annotated[str | None, typer.Option(help="llamacpp (default) or transformers.")] = None,
     result: Annotated[bool, typer.Option("--result", help="Print the whole Result with attempts.")] = False,
+    input_file: Annotated[Path | None, typer.Option(
+        "--input", help="A batch: JSONL rows {id, text} (or plain text lines, ids = line numbers).")] = None,
+    output_file: Annotated[Path | None, typer.Option(
+        "--output", help="Where the batch's rows go, each as it finishes; a rerun skips the ids in it.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Batch: extractions in flight at once.")] = 4,
+    rate_limit: Annotated[float | None, typer.Option(help="Batch: extraction starts per second.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the result cache.")] = False,
 ) -> None:
-    """Extract one value from a text and print it as JSON."""
+    """Extract one value from a text and print it as JSON; or a whole JSONL batch, resumably."""
     try:
         spec = load_spec(schema, regex)
-        extractor = Extractor(tiers=tier or None, model_path=model_path, backend=backend)
+        extractor = Extractor(tiers=tier or None, model_path=model_path, backend=backend,
+                              cache=False if no_cache else None)
+        if input_file is not None or output_file is not None:
+            _run_batch(source, input_file, output_file, spec, extractor, concurrency, rate_limit)
+            return
         res = extractor.run(_read_input(source), spec)
     except (ConfigError, UnsupportedSchema) as exc:
         _fail(exc, 2)
@@ -99,6 +110,44 @@ def run(
         raise typer.Exit(1)
     if not result:
         typer.echo(json.dumps(res.to_json_dict()["value"], ensure_ascii=False))
+
+
+@app.command()
+def check(
+    target: Annotated[str, typer.Argument(help="module:Class, a JSON Schema file, or a .lark grammar.")],
+    tier: Annotated[list[str] | None, typer.Option(
+        "--tier", "--tiers", help="A configured tier (repeat; default: the chain `run` would use).")] = None,
+    input_chars: Annotated[int, typer.Option(help="Input length to size the budgets for.")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Which tiers can honour a spec and what will go wrong, before any model call.
+
+    Exit 0 when a configured tier can run it, 1 when none can, 2 when the target is not a spec.
+    """
+    from extract.authoring import check_spec
+
+    try:
+        spec = target if target.endswith(".lark") else load_spec(target, None)
+        report = check_spec(spec, tiers=tier or None, input_chars=input_chars, source=target)
+    except (ConfigError, UnsupportedSchema) as exc:
+        _fail(exc, 2)
+        return
+    typer.echo(json.dumps(report.to_json_dict(), ensure_ascii=False, indent=2) if as_json else report.render())
+    raise typer.Exit(report.exit_code)
+
+
+def _run_batch(source: str, input_file: Path | None, output_file: Path | None, spec: Any, extractor: Extractor,
+               concurrency: int, rate_limit: float | None) -> None:
+    from extract.batch import run_jsonl
+
+    if input_file is None or output_file is None:
+        raise ConfigError("a batch needs both --input FILE.jsonl and --output FILE.jsonl")
+    if source != "-":
+        raise ConfigError(f"give either a text file ({source}) or --input, not both")
+    stats = run_jsonl(input_file, output_file, spec, extractor, concurrency=concurrency, rate_limit=rate_limit)
+    typer.echo(json.dumps(stats.to_json(), ensure_ascii=False))
+    if stats.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -11,9 +11,14 @@ import asyncio
 import concurrent.futures
 import time
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+from extract.cache import lookup as cache_lookup
+from extract.cache import open_store
+from extract.chunking import run_chunked
 from extract.errors import ConfigError, ExtractionFailed, ProviderError, UnsupportedSchema
+from extract.examples import ExamplePool
+from extract.observability import Runtime
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec
 from extract.tiers import Task, Tier, make_tier
@@ -60,11 +65,15 @@ class Extractor:
     """A configured chain of tiers; reuse one for many texts (models load once per process).
 
     ``tiers`` is the policy: a list of tier names in order (``["local"]``, ``["native",
-    "instructor", "local"]``...). Every other keyword is a ``Settings`` field and overrides the
-    ``EXTRACT_*`` environment.
+    "instructor", "local"]``...). ``examples`` is a pool of (text, answer) pairs; for each text
+    the ``examples_k`` most similar are shown to every tier (``examples_select="fixed"``: the
+    first k), see ``extract.examples``. Every other keyword is a ``Settings`` field and
+    overrides the ``EXTRACT_*`` environment.
     """
 
-    def __init__(self, tiers: Sequence[str] | None = None, **settings: Any) -> None:
+    def __init__(self, tiers: Sequence[str] | None = None, *, examples: Sequence[Any] | None = None,
+                 examples_k: int | None = None, examples_select: Literal["similar", "fixed"] = "similar",
+                 **settings: Any) -> None:
         if isinstance(tiers, str):
             tiers = [tiers]
         if tiers is not None and not tiers:
@@ -72,6 +81,12 @@ class Extractor:
         self.settings = Settings.resolve(tiers=list(tiers) if tiers else None, **settings)
         self.tier_names = self.settings.default_tiers()
         self.tiers: list[Tier] = [make_tier(name, self.settings) for name in self.tier_names]
+        self.runtime = Runtime(self.settings, self.tier_names)  # budget, PII, cost, logs, spans
+        if examples is None and examples_k is not None:
+            raise ConfigError("examples_k is set but no examples pool was given (examples=[(text, answer), ...])")
+        self.examples = (ExamplePool(examples, examples_k, select=examples_select, n_ctx=self.settings.n_ctx)
+                         if examples is not None else None)
+        self.cache = open_store(self.settings)  # None with cache=False (extract.cache)
 
     def _plan(self, spec: Spec) -> tuple[list[Tier], list[Attempt]]:
         """Tiers that can run this spec, and a skipped Attempt for each that cannot."""
@@ -103,20 +118,40 @@ class Extractor:
         return usable, skipped
 
     async def arun(self, text: str | bytes, spec: Any) -> Result:
-        """Run the chain on one text; never raises for bad model output."""
+        """Run the chain on one text; never raises for bad model output.
+
+        ``self.runtime`` (``extract.observability``) wraps it in a span and applies the budget,
+        PII redaction, prices and one log event per attempt; a text longer than the context
+        is split into chunks that each run this method (``extract.chunking``).
+        """
         compiled = compile_spec(spec)
         clean = clean_text(text, self.settings.max_input_chars)
+        if self.examples is not None:
+            self.examples.prepare(compiled)  # a bad example is a ConfigError before any model loads
+        with self.runtime.extraction(compiled, clean):
+            chunked = await run_chunked(self, clean, compiled)
+            return self.runtime.finish(chunked if chunked is not None else await self._chain(compiled, clean))
+
+    async def _chain(self, compiled: Spec, clean: str) -> Result:
+        cached = await cache_lookup(self, compiled, clean)
+        if cached.result is not None:
+            return cached.result  # no model call: the same work was done before
         usable, skipped = self._plan(compiled)
+        shown = self.examples.choose(clean, compiled) if self.examples is not None else []
         result = Result(attempts=list(skipped))
         deadline = (
             time.monotonic() + self.settings.deadline_s if self.settings.deadline_s is not None else None
         )
         for tier in usable:
             task = Task(text=clean, spec=compiled, settings=self.settings,
-                        history=list(result.attempts), deadline=deadline)
+                        history=list(result.attempts), deadline=deadline, examples=shown)
+            call = self.runtime.before_tier(tier.name, task)
+            if isinstance(call, Attempt):  # skipped: the budget cannot cover this tier's worst case
+                result.attempts.append(call)
+                continue
             started = time.perf_counter()
             try:
-                attempts = await tier.attempts(task)
+                attempts = await tier.attempts(call.task)
             except ProviderError as exc:
                 attempts = [Attempt(
                     tier=tier.name,
@@ -125,12 +160,14 @@ class Extractor:
                                        details=[{"endpoint": exc.endpoint, "transient": exc.transient,
                                                  "status": exc.status}]),
                 )]
+            attempts = self.runtime.after_tier(call, attempts)
             result.attempts.extend(attempts)
             winner = next((a for a in attempts if a.ok), None)
             if winner is not None:
                 result.value = winner.value
                 result.tier = winner.tier
                 break
+        cached.save(result)
         return result
 
     def run(self, text: str | bytes, spec: Any) -> Result:
@@ -147,5 +184,5 @@ async def aextract(text: str | bytes, spec: Any, **options: Any) -> Any:
 
 
 def extract(text: str | bytes, spec: Any, **options: Any) -> Any:
-    """Sync ``aextract``: options are ``Extractor`` arguments (``tiers=``, settings fields)."""
+    """Sync ``aextract``: options are ``Extractor`` arguments (``tiers=``, ``examples=``, settings fields)."""
     return _run_sync(aextract(text, spec, **options))

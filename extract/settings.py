@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from extract.errors import ConfigError
 
-__all__ = ["Endpoint", "Settings"]
+__all__ = ["Endpoint", "Price", "Settings"]
 
 Backend = Literal["llamacpp", "transformers"]
 
@@ -40,6 +40,15 @@ class Endpoint(BaseModel):
     @classmethod
     def _http_url(cls, v: str) -> str:
         return _check_base_url(v)
+
+
+class Price(BaseModel):
+    """What one model charges, in dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_per_mtok: float = Field(default=0.0, ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
 
 
 class Settings(BaseSettings):
@@ -71,12 +80,37 @@ class Settings(BaseSettings):
         "llguidance directly on llama.cpp's logits; 'outlines' uses Outlines' Generator.",
     )
     max_input_chars: int = Field(default=200_000, ge=1)
+    copy_from_input: bool | None = Field(
+        default=None,
+        description="Span-copy: True makes every plain string field a verbatim copy of the "
+        "input (enforced on the local tier, checked on remote tiers), False turns it off; None "
+        "follows the schema's copy_from_input marks (extract.spec.span_copy).",
+    )
+    bound_strings: bool = Field(
+        default=True,
+        description="Bound unbounded strings and lists in the local constraint by the input's "
+        "length, so a small model cannot run on to the token limit (off only to measure it).",
+    )
     truncate: bool = Field(
         default=False,
         description="Cut text that does not fit the context (recorded on the Attempt) "
         "instead of raising ConfigError.",
     )
     cache_dir: Path | None = None
+    cache: bool = Field(
+        default=True,
+        description="Serve a repeated extraction from the result cache (extract.cache) instead "
+        "of calling a model; only successful Results are stored.",
+    )
+    cache_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db to share the result cache between machines; None keeps "
+        "it on disk in cache_dir/results (default: the user's cache directory).",
+    )
+    cache_size_limit: int = Field(
+        default=2**30, ge=1 << 20,
+        description="Bytes the on-disk result cache may hold before it evicts the least recently used.",
+    )
 
     # Remote tiers ---------------------------------------------------------------------
     base_url: str | None = Field(
@@ -96,6 +130,11 @@ class Settings(BaseSettings):
         "it), json_object with the schema, json_schema, or JSON in a Markdown fence.",
     )
     instructor_max_retries: int = Field(default=2, ge=0)
+    grammar_max_reasks: int = Field(
+        default=2, ge=0, le=5,
+        description="Reasks the native tier may make when a grammar spec's output does not "
+        "parse (each carries the parse error: line, column, expected tokens, offending text).",
+    )
     endpoints: dict[str, Endpoint] = Field(
         default_factory=dict,
         description="Named endpoints, used by tier names such as 'native@backup'; set as JSON "
@@ -114,6 +153,36 @@ class Settings(BaseSettings):
     )
     deadline_s: float | None = Field(
         default=None, gt=0, description="Wall-clock budget for one extraction (Task.deadline)."
+    )
+
+    # Runtime: cost, budget, long texts, untrusted input (extract.budget/chunking/pii) -----
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description="$ per 1M tokens by endpoint name ('default', 'backup'), served model name, "
+        "or '*'; local models cost 0. JSON in EXTRACT_PRICES, e.g. "
+        '{"default": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}}.',
+    )
+    budget_tokens: int | None = Field(
+        default=None, ge=1, description="Tokens one Extractor may spend (all its texts); None: no cap."
+    )
+    budget_usd: float | None = Field(
+        default=None, gt=0, description="Dollars one Extractor may spend, priced by `prices`."
+    )
+    long_text: Literal["chunk", "truncate", "error"] = Field(
+        default="chunk",
+        description="A text longer than the context: split it by tokens and merge the chunks' "
+        "values, cut it (recorded on the Attempt), or raise ConfigError.",
+    )
+    chunk_overlap_tokens: int = Field(default=32, ge=0, description="Tokens shared by neighbouring chunks.")
+    remote_context_tokens: int | None = Field(
+        default=None, ge=256,
+        description="The remote model's context; when set, remote-only chains chunk longer texts "
+        "(sized at 3 characters per token). None: texts go whole, a refusal is a provider_error.",
+    )
+    redact_pii: bool = Field(
+        default=False,
+        description="Replace emails, phone numbers, card numbers (Luhn) and IBANs (mod 97) with "
+        "placeholders before a REMOTE tier sees the text; values get the originals back.",
     )
 
     @field_validator("base_url")

@@ -11,23 +11,30 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Attempt", "AttemptError", "ModelInfo", "Result", "Usage"]
+__all__ = ["Attempt", "AttemptError", "Chunk", "ModelInfo", "Result", "Usage"]
 
 
 class Usage(BaseModel):
-    """Tokens spent; ``total_tokens`` is kept explicit because providers report it."""
+    """Tokens spent; ``total_tokens`` is kept explicit because providers report it.
+
+    ``cost_usd`` is set by ``extract.observability.price`` from ``Settings.prices``: None means
+    "no price known" (not free), so a sum stays None only when nothing in it was priced.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
+    cost_usd: float | None = None
 
     def __add__(self, other: Usage) -> Usage:
+        costs = [c for c in (self.cost_usd, other.cost_usd) if c is not None]
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             total_tokens=self.total_tokens + other.total_tokens,
+            cost_usd=sum(costs) if costs else None,
         )
 
     @classmethod
@@ -97,6 +104,18 @@ class Attempt(BaseModel):
     def output_tokens(self) -> int:
         return self.usage.output_tokens
 
+    @property
+    def cost_usd(self) -> float | None:
+        return self.usage.cost_usd
+
+
+class Chunk(BaseModel):
+    """One piece of a text too long for the context: its span in the text and its own Result."""
+
+    start: int
+    end: int
+    result: Result
+
 
 class Result(BaseModel):
     """The outcome of one extraction: the value (if any tier succeeded) and every attempt.
@@ -110,10 +129,20 @@ class Result(BaseModel):
     value: Any = None
     tier: str | None = None
     attempts: list[Attempt] = Field(default_factory=list)
+    # A chunked text (extract.chunking): every chunk with its span, and each scalar the chunks
+    # disagreed on ({"path", "chosen", "values": [{"chunk", "value"}]}).
+    chunks: list[Chunk] = Field(default_factory=list)
+    conflicts: list[dict[str, Any]] = Field(default_factory=list)
+    # Served from the result cache (extract.cache): no model was called for this Result.
+    cache_hit: bool = False
 
     @property
     def ok(self) -> bool:
         return self.tier is not None
+
+    @property
+    def cost_usd(self) -> float | None:
+        return self.usage.cost_usd
 
     @property
     def usage(self) -> Usage:
@@ -133,4 +162,11 @@ class Result(BaseModel):
             "value": value,
             "usage": self.usage.model_dump(),
             "attempts": [a.model_dump(mode="json") for a in self.attempts],
+            **({"chunks": [{"start": c.start, "end": c.end, "ok": c.result.ok, "tier": c.result.tier}
+                           for c in self.chunks],
+                "conflicts": self.conflicts} if self.chunks else {}),
+            **({"cache_hit": True} if self.cache_hit else {}),
         }
+
+
+Chunk.model_rebuild()

@@ -12,6 +12,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+# Tests count model calls and time them: the result cache is on only where a test asks for it.
+os.environ.setdefault("EXTRACT_CACHE", "false")
 
 pytest_plugins = ["tests.remote_fixtures"]
 

@@ -226,8 +226,8 @@ def test_missing_model_file_says_what_to_do(tmp_path: Any) -> None:
 
 def test_text_longer_than_the_context_is_refused_or_cut_and_recorded() -> None:
     long_text = "The cat Mimi is four years old. " * 400  # ~3,200 tokens
-    small = Extractor(tiers=["local"], n_ctx=1024)
-    with pytest.raises(ConfigError, match=r"does not fit the model's context.*truncate=True"):
+    small = Extractor(tiers=["local"], n_ctx=1024, long_text="error")  # the default chunks it
+    with pytest.raises(ConfigError, match=r"does not fit the model's context.*long_text='chunk' or 'truncate'"):
         small.run(long_text, Pet)
     cut = Extractor(tiers=["local"], n_ctx=1024, truncate=True).run(long_text, Pet)
     attempt = cut.attempts[-1]

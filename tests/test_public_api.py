@@ -23,6 +23,9 @@ def test_every_public_name_imports() -> None:
     expected = {
         "extract", "aextract", "Extractor", "Result", "Attempt", "Usage", "Regex",
         "ExtractError", "ConfigError", "UnsupportedSchema", "ProviderError", "ExtractionFailed",
+        "check_spec", "CheckReport",
+        "extract_many", "aextract_many",
+        "Chunk", "Price", "enable_event_log",
     }
     assert expected <= set(extract.__all__)
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -79,4 +80,63 @@ def test_wrong_key_is_a_clear_error_without_the_key(
     printed = _everything_printed(
         caplog, str(exc), repr(exc), json.dumps(result.to_json_dict(), default=str)
     )
+    assert SENTINEL not in printed
+
+
+def test_key_never_in_event_log_traces_or_bench_report(
+    proxy: FaultProxy, remote_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The sentinel as the API key and a named endpoint's key, with faults on the way so error
+    paths log too: nothing the event log, the spans or a bench report wrote holds it. (A key in
+    a URL is found and redacted from our events, but httpx's own DEBUG log prints request URLs
+    whole: keys belong in api_key.)"""
+    import io
+
+    from typer.testing import CliRunner
+
+    from extract.cli import app
+    from extract.observability import EVENT_LOGGER, REDACTED, enable_event_log, redact_secrets, secrets_of
+    from tests.otel_spans import span_exporter, span_text
+
+    caplog.set_level(logging.DEBUG)
+    spans = span_exporter()
+    stream = io.StringIO()
+    handler = enable_event_log(stream)
+    try:
+        proxy.configure(require_key=SENTINEL, next=["500", "401"])
+        settings = remote_settings(
+            api_key=SENTINEL,
+            endpoints={"backup": {"base_url": proxy.base_url, "api_key": SENTINEL}},
+        )
+        in_urls = remote_settings(base_url=f"http://u:{SENTINEL}@127.0.0.1:9/v1?token={SENTINEL}x",
+                                  cache_url=f"redis://:{SENTINEL}y@127.0.0.1:6379/0")
+        assert set(secrets_of(in_urls)) == {SENTINEL, SENTINEL + "x", SENTINEL + "y"}
+        # The redactor is what keeps it out, whatever carries it:
+        assert redact_secrets({"e": [f"boom {SENTINEL}"]}, secrets_of(settings)) == {"e": [f"boom {REDACTED}"]}
+        extractor = Extractor(tiers=["native@backup", "native", "instructor"],
+                              **settings.model_dump(exclude={"tiers"}))
+        result = extractor.run("Bob Smith is 42 years old.", Person)
+        assert any(a.error for a in result.attempts) and result.ok  # faults were logged, a key was sent
+        assert proxy.stats()["rejected"] == 0
+
+        monkeypatch.setenv("EXTRACT_API_KEY", SENTINEL)
+        data = tmp_path / "d.jsonl"
+        data.write_text(json.dumps({"id": "a", "text": "12 Main St, Springfield",
+                                    "gold": {"StreetName": "Main"}}) + "\n", encoding="utf-8")
+        out = tmp_path / "bench"
+        res = CliRunner().invoke(app, ["bench", "--data", str(data), "--schema", "schemas.address:Address",
+                                       "--policy", "native", "--out", str(out), "--base-url", proxy.base_url])
+        assert res.exit_code == 0, res.output
+        report = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in out.rglob("*") if p.is_file())
+        assert "native" in report
+    finally:
+        logging.getLogger(EVENT_LOGGER).removeHandler(handler)
+        logging.getLogger(EVENT_LOGGER).setLevel(logging.NOTSET)
+    events = stream.getvalue()
+    assert events.count('"event": "attempt"') >= len(result.attempts)
+    traced = span_text(spans.get_finished_spans())
+    assert '"extract.tier": "native@backup"' in traced
+    printed = _everything_printed(caplog, events, traced, report, res.output,
+                                  json.dumps(result.to_json_dict(), default=str))
     assert SENTINEL not in printed

@@ -20,6 +20,7 @@ test module:
   random fault rate; ``reject``: request shapes answered with 400; ``require_key``; timings).
 - ``GET /__proxy__/stats``: requests seen, forwarded, faults injected by kind, and the token
   usage of every completion delivered intact (what the server reported, summed).
+- ``GET /__proxy__/requests``: the bodies of the last ``record`` model calls (off by default).
 - ``POST /__proxy__/reset``: default config and zeroed stats.
 
 Only the standard library is used, so the proxy starts fast and behaves the same whatever
@@ -85,6 +86,9 @@ class ProxyConfig:
     retry_after: float = 1.0
     delay_s: float = 5.0
     path_prefix: str = "/v1/chat/"
+    # Keep the bodies of the last ``record`` requests under path_prefix (GET /__proxy__/requests),
+    # so a test can prove what left the client (no PII, the unchanged instructions).
+    record: int = 0
 
     def validate(self) -> None:
         unknown = [k for k in [*self.faults, *self.next] if k not in FAULT_KINDS]
@@ -102,6 +106,7 @@ class ProxyStats:
     """Counts since the last reset; ``usage`` sums what the server reported, delivered intact."""
 
     seen: int = 0
+    chat: int = 0  # requests under path_prefix: the model calls, not /v1/models
     forwarded: int = 0
     delivered: int = 0
     rejected: int = 0
@@ -144,6 +149,7 @@ class _Proxy:
         self.stats = ProxyStats()
         self.queue: deque[str] = deque(config.next)
         self.rng = random.Random(config.seed)
+        self.recorded: deque[str] = deque(maxlen=config.record)
 
     # -- control ----------------------------------------------------------------------
     def configure(self, changes: dict[str, Any]) -> None:
@@ -158,12 +164,15 @@ class _Proxy:
             self.queue = deque(config.next)
         if "seed" in changes or "rate" in changes:
             self.rng = random.Random(config.seed)
+        if "record" in changes:
+            self.recorded = deque(self.recorded, maxlen=config.record)
 
     def reset(self) -> None:
         self.config = ProxyConfig()
         self.stats = ProxyStats()
         self.queue = deque()
         self.rng = random.Random(0)
+        self.recorded = deque(maxlen=0)
 
     def pick_fault(self, request: _Request) -> str | None:
         if not request.target.startswith(self.config.path_prefix):
@@ -222,6 +231,8 @@ class _Proxy:
         try:
             if route == "/__proxy__/stats" and request.method == "GET":
                 payload: dict[str, Any] = self.stats.to_json()
+            elif route == "/__proxy__/requests" and request.method == "GET":
+                payload = {"bodies": list(self.recorded)}
             elif route == "/__proxy__/config" and request.method == "GET":
                 payload = {**asdict(self.config), "queued": list(self.queue)}
             elif route == "/__proxy__/config" and request.method == "POST":
@@ -243,6 +254,10 @@ class _Proxy:
     ) -> None:
         self.stats.seen += 1
         cfg = self.config
+        if request.target.startswith(cfg.path_prefix):
+            self.stats.chat += 1
+            if cfg.record:
+                self.recorded.append(request.body.decode("utf-8", "replace"))
         if cfg.require_key is not None:
             if request.header("authorization") != f"Bearer {cfg.require_key}":
                 self.stats.rejected += 1
@@ -509,6 +524,11 @@ class FaultProxy:
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "stats")
         return result
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The recorded request bodies (``configure(record=N)`` first), oldest first, as JSON."""
+        bodies: list[str] = self._call("GET", "requests")["bodies"]
+        return [json.loads(b) for b in bodies]
 
     def reset(self, **config: Any) -> None:
         self._call("POST", "reset", {})
