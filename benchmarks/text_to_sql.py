@@ -123,11 +123,17 @@ def score(run: Callable[[str], Any], questions: list[dict[str, str]], con: sqlit
     }
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repo when inside it, so a committed result names no machine's folders."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+
+
 def run(db_path: str | None, questions_path: Path, n: int | None, with_server: bool, max_tokens: int) -> dict[str, Any]:
     from extract import Extractor, Grammar, sql_grammar_for_sqlite
 
     questions = load_questions(questions_path, n)
-    out: dict[str, Any] = {"questions": len(questions), "question_file": str(questions_path),
+    out: dict[str, Any] = {"questions": len(questions), "question_file": _shown(questions_path),
                            "database": db_path or "built-in shop database", "max_tokens": max_tokens, "rows": {}}
     with database(db_path) as db:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
