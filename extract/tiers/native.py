@@ -38,7 +38,7 @@ from extract.spec.prompt import PROMPT_VERSION, build_messages
 from extract.spec.span_copy import copy_violations
 from extract.tiers.base import Task
 from extract.types import Attempt, AttemptError, ModelInfo, Usage
-from extract.validate import check
+from extract.validate import Checked, check
 
 __all__ = ["NativeTier", "closed_schema", "grammar_reask", "output_budget", "usage_of"]
 
@@ -198,29 +198,33 @@ class NativeTier(EndpointTier):
             checked.repaired = True  # valid only because the repair closed what the limit cut
         if checked.error is None:  # span-copy cannot be enforced remotely: check it
             checked.error = copy_violations(checked.value, spec, task.text, self.settings.copy_from_input)
-        return [
-            Attempt(
-                tier=self.name,
-                model=ModelInfo(name=response.model or model_name or "", backend="openai-compatible"),
-                prompt_version=PROMPT_VERSION,
-                raw=raw,
-                value=checked.value if checked.error is None else None,
-                error=checked.error,
-                usage=usage_of(response),
-                latency_s=latency,
-                repaired=checked.repaired,
-                repairs=checked.repairs,
-                truncated_input=task.truncated_input,
-                finish_reason=finish,
-                meta={
-                    **meta,
-                    "http_tries": conn.http_tries,
-                    **({"transport_errors": conn.transport_errors} if conn.transport_errors else {}),
-                    **({"rejected_modes": rejected} if rejected else {}),
-                    "wall_s": time.perf_counter() - started,
-                },
-            )
-        ]
+        return [self._answered(task, response, model_name, checked, latency, {
+            **meta,
+            "http_tries": conn.http_tries,
+            **({"transport_errors": conn.transport_errors} if conn.transport_errors else {}),
+            **({"rejected_modes": rejected} if rejected else {}),
+            "wall_s": time.perf_counter() - started,
+        })]
+
+    def _answered(self, task: Task, response: Any, model_name: str | None, checked: Checked,
+                  latency: float, meta: dict[str, Any]) -> Attempt:
+        """The Attempt for one answered call, JSON or grammar: one place decides its fields."""
+        choice = response.choices[0]
+        return Attempt(
+            tier=self.name,
+            model=ModelInfo(name=response.model or model_name or "", backend="openai-compatible"),
+            prompt_version=PROMPT_VERSION,
+            raw=choice.message.content,
+            value=checked.value if checked.error is None else None,
+            error=checked.error,
+            usage=usage_of(response),
+            latency_s=latency,
+            repaired=checked.repaired,
+            repairs=checked.repairs,
+            truncated_input=task.truncated_input,
+            finish_reason=choice.finish_reason,
+            meta=meta,
+        )
 
     async def _grammar_attempts(self, task: Task, endpoint: Endpoint) -> list[Attempt]:
         """Plain text, parsed with lark; a parse error is fed back, up to the reask bound."""
@@ -251,22 +255,9 @@ class NativeTier(EndpointTier):
                 choice = response.choices[0]
                 raw, finish = choice.message.content, choice.finish_reason
                 checked = check(raw, spec, truncated=finish == "length")
-                out.append(Attempt(
-                    tier=self.name,
-                    model=ModelInfo(name=response.model or model_name or "", backend="openai-compatible"),
-                    prompt_version=PROMPT_VERSION,
-                    raw=raw,
-                    value=checked.value if checked.error is None else None,
-                    error=checked.error,
-                    usage=usage_of(response),
-                    latency_s=time.perf_counter() - call_started,
-                    repaired=checked.repaired,
-                    repairs=checked.repairs,
-                    truncated_input=task.truncated_input,
-                    finish_reason=finish,
-                    meta={**call_meta, "http_tries": conn.http_tries - tries_before,
-                          "wall_s": time.perf_counter() - started},
-                ))
+                out.append(self._answered(task, response, model_name, checked, time.perf_counter() - call_started,
+                                          {**call_meta, "http_tries": conn.http_tries - tries_before,
+                                           "wall_s": time.perf_counter() - started}))
                 if checked.error is None:
                     break
                 messages = [*messages, {"role": "assistant", "content": raw or ""},
