@@ -6,10 +6,12 @@ stdout carries only results (JSON); messages go to stderr. Exit codes: 0 success
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -70,6 +72,17 @@ def _fail(exc: Exception, code: int) -> None:
     raise typer.Exit(code)
 
 
+@contextlib.contextmanager
+def _exit_codes() -> Iterator[None]:
+    """The commands' one error mapping: caller mistakes exit 2, a failed extraction 1, message only."""
+    try:
+        yield
+    except (ConfigError, UnsupportedSchema) as exc:
+        _fail(exc, 2)
+    except ExtractError as exc:
+        _fail(exc, 1)
+
+
 @app.command()
 def run(
     source: Annotated[str, typer.Argument(help="A text file, or - for stdin.")] = "-",
@@ -88,7 +101,7 @@ def run(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the result cache.")] = False,
 ) -> None:
     """Extract one value from a text and print it as JSON; or a whole JSONL batch, resumably."""
-    try:
+    with _exit_codes():
         spec = load_spec(schema, regex)
         extractor = Extractor(tiers=tier or None, model_path=model_path, backend=backend,
                               cache=False if no_cache else None)
@@ -96,12 +109,6 @@ def run(
             _run_batch(source, input_file, output_file, spec, extractor, concurrency, rate_limit)
             return
         res = extractor.run(_read_input(source), spec)
-    except (ConfigError, UnsupportedSchema) as exc:
-        _fail(exc, 2)
-        return
-    except ExtractError as exc:
-        _fail(exc, 1)
-        return
     if result:
         typer.echo(json.dumps(res.to_json_dict(), ensure_ascii=False, indent=2))
     if not res.ok:
@@ -182,7 +189,7 @@ def bench(
     """Benchmark policies on labelled data or a schema corpus; resumable; writes a report."""
     from extract.bench import BenchRun, read_suite, run_bench
 
-    try:
+    with _exit_codes():
         if (suite is None) == (data is None):
             raise ConfigError("give exactly one of --data FILE.jsonl or --suite FILE.toml")
         bad_where = [w for w in where or [] if "=" not in w]
@@ -204,12 +211,6 @@ def bench(
                              policies=list(policy or []), where=filters, max_tokens=max_tokens)]
         command = shlex.join(["extract", *sys.argv[1:]])
         summary = run_bench(runs, out, sample=sample, seed=seed, base_url=base_url, serve=serve, command=command)
-    except (ConfigError, UnsupportedSchema) as exc:
-        _fail(exc, 2)
-        return
-    except ExtractError as exc:
-        _fail(exc, 1)
-        return
     typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
 
 
