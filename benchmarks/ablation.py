@@ -10,14 +10,19 @@ therefore sees the same records, and no evaluated record is ever shown as an exa
 
 Configurations (each adds to the previous unless it says otherwise):
 
-- ``plain``: field names and types only (descriptions and the schema's length bounds removed),
-  no span-copy, no input-derived bounds;
+- ``plain``: field names and types only (descriptions, patterns and the schema's length bounds
+  removed), no span-copy, no input-derived bounds;
 - ``desc``: + the field descriptions;
-- ``bounds``: + string bounds (the schema's and the input-length bucket);
-- ``copy``: + span-copy (every string a word span of the input);
+- ``bounds``: + string bounds (the schema's and the input-length bucket) and its patterns;
+- ``copy``: + span-copy (every string a word span of the input, filtered by its pattern): the
+  schema alone, as shipped. Zero-shot the local tier writes every key, null discounted
+  (``all_keys``, ``null_penalty``);
 - ``fixedK`` / ``simK``: + K examples from the pool, the first K (fixed) or the K most similar
   (``extract.examples``); ``simK-nocopy`` without span-copy;
-- ``simK-words`` / ``simK-char3``: the similarity measure swapped.
+- ``simK-words`` / ``simK-char3``: the similarity measure swapped;
+- ablations of one lever: ``-nopatterns`` (the schema's patterns removed), ``-optkeys`` (absent
+  keys left out zero-shot), ``-nopenalty`` (null not discounted), ``-order`` / ``-noorder``
+  (ordered span-copy forced on / off, ``extract.spec.span_order``).
 
 Rows go to ``OUT/attempts.jsonl`` in ``extract bench``'s format (policy = ``tier:config``),
 so ``extract report`` renders them; re-running skips finished items. Only the public API
@@ -49,7 +54,9 @@ from schemas.snips import model_for_intent  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 FILES = {"usaddress": "usaddress/dev.jsonl", "snips": "snips/dev.jsonl", "citations": "citations/dev.jsonl"}
 CONFIGS = ["plain", "desc", "bounds", "copy", "fixed1", "fixed3", "fixed6", "sim1", "sim3", "sim6",
-           "sim6-nocopy", "sim6-words", "sim6-char3", "sim3-nocopy", "copy-req", "sim6-req", "desc-req"]
+           "sim6-nocopy", "sim6-words", "sim6-char3", "sim3-nocopy", "copy-req", "sim6-req", "desc-req",
+           "copy-noorder", "sim6-noorder", "copy-order", "sim6-order", "copy-optkeys", "copy-nopenalty",
+           "copy-nopatterns", "sim6-nopatterns"]
 
 
 def _strip(node: Any, keys: tuple[str, ...]) -> Any:
@@ -67,10 +74,12 @@ def spec_for(row: dict[str, Any], dataset: str, config: str) -> Any:
                   else model_for_intent(str(row["intent"])))
     if config in ("plain", "desc"):
         schema = copy.deepcopy(model.model_json_schema())
-        drop: tuple[str, ...] = ("maxLength", "copy_from_input")
+        drop: tuple[str, ...] = ("maxLength", "copy_from_input", "copy_in_order", "pattern")
         if config == "plain":
             drop += ("description",)
         return _strip(schema, drop)
+    if config.endswith("-nopatterns"):
+        return _strip(copy.deepcopy(model.model_json_schema()), ("pattern",))
     if config.endswith("-req"):
         # Every key required (nullable fields stay nullable): the model answers each in turn.
         schema = copy.deepcopy(model.model_json_schema())
@@ -90,6 +99,14 @@ def options_for(config: str, pool: list[tuple[str, Any]]) -> dict[str, Any]:
         opts["max_tokens"] = 256
     if config.startswith("copy") or config.startswith(("fixed", "sim")):
         opts["copy_from_input"] = "nocopy" not in config
+    if "noorder" in config:
+        opts["copy_in_order"] = False
+    if "order" in config.split("-"):
+        opts["copy_in_order"] = True
+    if "optkeys" in config:
+        opts["all_keys"] = False
+    if "nopenalty" in config:
+        opts["null_penalty"] = 0.0
     if config.startswith(("fixed", "sim")):
         k = int(config.removeprefix("fixed").removeprefix("sim").split("-")[0])
         opts.update(examples=pool, examples_k=k, examples_select="fixed" if config.startswith("fixed") else "similar")
@@ -182,7 +199,12 @@ def run(args: argparse.Namespace) -> None:
     finally:
         if server is not None:
             server.stop()
-    (out / "command.txt").write_text(" ".join(["python", *sys.argv]) + "\n", encoding="utf-8")
+    # Every command that added rows, in order: together they reproduce attempts.jsonl.
+    command = " ".join(["python", "benchmarks/ablation.py", *sys.argv[1:]])
+    log = out / "command.txt"
+    seen = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    if command not in seen:
+        log.write_text("".join(line + "\n" for line in [*seen, command]), encoding="utf-8")
 
 
 def table(out: Path) -> str:

@@ -58,6 +58,30 @@ def load_spec(schema: str | None, regex: str | None) -> Any:
     return obj
 
 
+def load_examples(path: Path) -> list[tuple[str, Any]]:
+    """(text, answer) pairs from a JSONL file of ``{"text": ..., "value": {...}}`` rows.
+
+    A row that is not such an object is named by its line; whether each answer fits the
+    spec is the Extractor's check (it names the example's index).
+    """
+    if not path.is_file():
+        raise ConfigError(f"examples file {path} does not exist")
+    pairs: list[tuple[str, Any]] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(f"{path}:{n}: not JSON: {exc}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or "value" not in row:
+            raise ConfigError(f'{path}:{n}: expected an object {{"text": "...", "value": {{...}}}}')
+        pairs.append((row["text"], row["value"]))
+    if not pairs:
+        raise ConfigError(f"examples file {path} holds no examples")
+    return pairs
+
+
 def _read_input(source: str) -> str | bytes:
     if source == "-":
         return sys.stdin.buffer.read()
@@ -99,12 +123,16 @@ def run(
     concurrency: Annotated[int, typer.Option(help="Batch: extractions in flight at once.")] = 4,
     rate_limit: Annotated[float | None, typer.Option(help="Batch: extraction starts per second.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the result cache.")] = False,
+    examples: Annotated[Path | None, typer.Option(
+        help="Worked examples: JSONL rows {text, value}; the most similar are shown to the model.")] = None,
+    examples_k: Annotated[int | None, typer.Option(help="How many examples to show per text (default 6).")] = None,
 ) -> None:
     """Extract one value from a text and print it as JSON; or a whole JSONL batch, resumably."""
     with _exit_codes():
         spec = load_spec(schema, regex)
+        pool = load_examples(examples) if examples is not None else None
         extractor = Extractor(tiers=tier or None, model_path=model_path, backend=backend,
-                              cache=False if no_cache else None)
+                              cache=False if no_cache else None, examples=pool, examples_k=examples_k)
         if input_file is not None or output_file is not None:
             _run_batch(source, input_file, output_file, spec, extractor, concurrency, rate_limit)
             return

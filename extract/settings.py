@@ -86,6 +86,25 @@ class Settings(BaseSettings):
         "input (enforced on the local tier, checked on remote tiers), False turns it off; None "
         "follows the schema's copy_from_input marks (extract.spec.span_copy).",
     )
+    copy_in_order: bool | None = Field(
+        default=None,
+        description="Ordered span-copy: True makes the copied top-level fields appear in the "
+        "input in schema order without overlapping (enforced on the local tier, checked on remote "
+        "tiers), False turns it off; None follows the schema's copy_in_order mark "
+        "(extract.spec.span_order).",
+    )
+    all_keys: bool | None = Field(
+        default=None,
+        description="Local tier: write every top-level key of a JSON object in schema order, "
+        "null where absent. None: only when no worked example is shown (zero-shot a small model "
+        "skips to the last keys; with examples it imitates them).",
+    )
+    null_penalty: float = Field(
+        default=4.0, ge=0.0,
+        description="Local tier, when every key is written: logits subtracted from null where a "
+        "value could start instead, so one null does not begin a run of them (llama.cpp fast "
+        "decoder; 0 turns it off).",
+    )
     bound_strings: bool = Field(
         default=True,
         description="Bound unbounded strings and lists in the local constraint by the input's "

@@ -56,6 +56,14 @@ def test_run_regex() -> None:
         (["run", "--regex", "([", "-"], b"text", "invalid regular expression"),
         (["run", "--schema", "schemas.address:Address", "--model-path", "nope.gguf", "-"], b"x y",
          "does not exist"),
+        (["run", "--schema", "schemas.address:Address", "--examples", "nope.jsonl", "-"], b"x y",
+         "examples file nope.jsonl does not exist"),
+        (["run", "--schema", "schemas.address:Address", "--examples", "schemas/examples/address.txt", "-"],
+         b"x y", "address.txt:1: not JSON"),
+        (["run", "--schema", "schemas.address:Address", "--examples-k", "3", "-"], b"x y",
+         "examples_k is set but no examples pool"),
+        (["run", "--schema", "schemas.address:Address", "--examples", "schemas/examples/address_pool.jsonl",
+          "--examples-k", "99", "-"], b"x y", "examples_k"),
     ],
 )
 def test_bad_input_exits_2_with_a_message_and_nothing_on_stdout(args: list[str], stdin: bytes | None,
@@ -64,3 +72,16 @@ def test_bad_input_exits_2_with_a_message_and_nothing_on_stdout(args: list[str],
     assert proc.returncode == 2
     assert proc.stdout == b""
     assert message in proc.stderr.decode()
+
+
+def test_run_shows_worked_examples_from_a_file(tmp_path: Path) -> None:
+    proc = run_cli("run", "--schema", "schemas.address:Address", "--examples", "schemas/examples/address_pool.jsonl",
+                   "--examples-k", "2", "--result", "-", stdin=b"PO Box 77, Austin, TX 78701")
+    assert proc.returncode == 0, proc.stderr.decode()
+    result = json.loads(proc.stdout)
+    assert result["value"]["USPSBoxID"] == "77" and result["value"]["ZipCode"] == "78701"
+    # An answer that breaks the schema is named by its index before any model runs.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "12 Main St", "value": {"ZipCode": "twelve"}}\n', encoding="utf-8")
+    proc = run_cli("run", "--schema", "schemas.address:Address", "--examples", str(bad), "-", stdin=b"x y")
+    assert proc.returncode == 2 and "examples[0] does not validate" in proc.stderr.decode()

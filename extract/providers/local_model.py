@@ -165,7 +165,8 @@ class LocalModel(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int) -> Generation: ...
+    def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
+                 null_penalty: float = 0.0) -> Generation: ...
 
 
 class LlamaCppModel:
@@ -202,6 +203,7 @@ class LlamaCppModel:
         self.llg_tokenizer = self._backend.llg_tokenizer
         self.info = ModelInfo(name=path.name, digest=file_digest(path), backend="llamacpp")
         self._eos = {self.llm.token_eos()}
+        self._nulls: tuple[list[int], int | None] | None = None
         vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         for tok in range(self.llm.n_vocab()):
             if llama_cpp.llama_vocab_is_eog(vocab, tok):
@@ -236,13 +238,31 @@ class LlamaCppModel:
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text))
 
-    def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int) -> Generation:
+    def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
+                 null_penalty: float = 0.0) -> Generation:
+        """Greedy constrained decoding; ``null_penalty`` (fast decoder only) is subtracted from
+        the logits of ``null`` wherever the grammar also allows a string to start there."""
         with self._lock:  # one llama context: decodes are serialised per model
             if self._decoder == "outlines":
                 return self._generate_outlines(prompt, grammar, max_tokens)
-            return self._generate_fast(prompt, grammar, max_tokens)
+            return self._generate_fast(prompt, grammar, max_tokens, null_penalty)
 
-    def _generate_fast(self, prompt: str, grammar: Constraint | None, max_tokens: int) -> Generation:
+    def _null_tokens(self) -> tuple[list[int], int | None]:
+        """(tokens that spell ``null`` or a prefix of it, the token of a lone ``"``), cached."""
+        if self._nulls is None:
+            ids = []
+            quote = None
+            for tok in range(self.llm.n_vocab()):
+                piece = self.llm.detokenize([tok]).decode("utf-8", errors="replace")
+                if piece.lstrip() and "null".startswith(piece.lstrip()):
+                    ids.append(tok)
+                if piece == '"':
+                    quote = tok
+            self._nulls = (ids, quote)
+        return self._nulls
+
+    def _generate_fast(self, prompt: str, grammar: Constraint | None, max_tokens: int,
+                       null_penalty: float = 0.0) -> Generation:
         import llama_cpp
         import llguidance
         import llguidance.numpy as llg_np
@@ -292,6 +312,11 @@ class LlamaCppModel:
             if matcher is not None and bitmask is not None:
                 llg_np.fill_next_token_bitmask(matcher, bitmask, 0)
                 llg_np.apply_token_bitmask_inplace(logits, bitmask[0])
+                if null_penalty:
+                    nulls, quote = self._null_tokens()
+                    # Only where a value could start instead: inside a string nothing changes.
+                    if quote is not None and np.isfinite(logits[quote]) and np.isfinite(logits[nulls]).any():
+                        logits[nulls] -= null_penalty
             tok = int(logits.argmax())
             if tok in self._eos:
                 finish = "stop"

@@ -101,7 +101,9 @@ class TransformersModel:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int) -> Generation:
+    def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
+                 null_penalty: float = 0.0) -> Generation:
+        """Outlines' generator; ``null_penalty`` is a llama.cpp fast-decoder lever, not applied here."""
         start = time.perf_counter()
         n_in = self.count_tokens(prompt)
         if n_in + 1 > self.n_ctx:

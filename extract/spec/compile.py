@@ -49,8 +49,10 @@ def _compile_model(model: type[BaseModel]) -> Spec:
 
 
 @lru_cache(maxsize=256)
-def _compile_schema(canonical: str) -> Spec:
-    schema = json.loads(canonical)
+def _compile_schema(text: str) -> Spec:
+    # The user's key order is kept: the model fills fields in that order (the digest is
+    # order-free, so a reordered schema shares cached results).
+    schema = json.loads(text)
     _check_schema(schema)
     return Spec(
         kind="schema",
@@ -80,10 +82,11 @@ def compile_spec(spec: Any) -> Spec:
         return _compile_model(spec)
     if isinstance(spec, dict):
         try:
-            canonical = canonical_json(spec)
+            canonical_json(spec)
+            text = json.dumps(spec, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"the JSON Schema dict is not JSON-serialisable: {exc}") from None
-        return _compile_schema(canonical)
+        return _compile_schema(text)
     if isinstance(spec, Regex):
         return Spec(
             kind="regex",

@@ -26,7 +26,7 @@ __all__ = [
     "frame_text",
 ]
 
-PROMPT_VERSION = "extract-v2"
+PROMPT_VERSION = "extract-v3"
 
 OPEN, CLOSE = "<document>", "</document>"
 
@@ -60,6 +60,11 @@ def frame_text(text: str) -> str:
     return f"{OPEN}\n{defuse(text)}\n{CLOSE}"
 
 
+# A longer pattern (a vocabulary, e.g. every USPS street suffix) would fill a small model's
+# context with regex it cannot read; the constraint enforces it and the description says it.
+_PATTERN_PROMPT_CHARS = 80
+
+
 def _type_of(node: dict[str, Any]) -> str:
     if "enum" in node:
         return "one of " + ", ".join(json.dumps(v) for v in node["enum"])
@@ -78,7 +83,7 @@ def _type_of(node: dict[str, Any]) -> str:
         return " or ".join(t)
     if "format" in node:
         return f"{t} ({node['format']})"
-    if "pattern" in node:
+    if "pattern" in node and len(node["pattern"]) <= _PATTERN_PROMPT_CHARS:
         return f"{t} matching /{node['pattern']}/"
     return str(t)
 

@@ -12,7 +12,8 @@ Which strings are marked: a field whose schema carries ``"copy_from_input": true
 (``Field(json_schema_extra={"copy_from_input": True})``), every plain string of a spec whose
 root carries it (``model_config = ConfigDict(json_schema_extra={"copy_from_input": True})``),
 or every plain string when the ``copy_from_input`` setting is True (False turns it all off).
-A "plain" string has no enum, const, format or pattern: those already say what is allowed.
+A copyable string has no enum, const or format (those already say what is allowed); a
+``pattern`` filters its spans.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ __all__ = [
 
 COPY_KEY = "copy_from_input"
 SPAN_DEF = "extract_input_span"
-_REF = f"#/$defs/{SPAN_DEF}"
 _WORD = re.compile(r"\S+")
 # Trailing separators a span may drop ("Arlington," -> "Arlington"): both forms are substrings.
 _TRAILING = ",;:"
@@ -43,7 +43,7 @@ _TRAILING = ",;:"
 # 40 words x 24 lengths x 2 forms stays near 2,000 alternatives (measured: compile < 10 ms).
 MAX_SPAN_WORDS = 24
 MAX_SPANS = 4000
-_CONSTRAINING = ("enum", "const", "format", "pattern", "$ref")
+_CONSTRAINING = ("enum", "const", "format", "$ref")
 
 
 def word_spans(text: str, max_words: int = MAX_SPAN_WORDS, limit: int = MAX_SPANS) -> list[str]:
@@ -65,7 +65,13 @@ def word_spans(text: str, max_words: int = MAX_SPAN_WORDS, limit: int = MAX_SPAN
     return sorted(seen)
 
 
-def _plain_string(node: dict[str, Any]) -> bool:
+def _copyable(node: dict[str, Any]) -> bool:
+    """A string span-copy can constrain: no enum, const, format or ``$ref`` already fixes it.
+
+    A ``pattern`` does not exclude it: the copied spans are filtered by the pattern, so
+    the field gets the input's spans that the pattern admits (the strongest constraint both
+    allow: a ZIP code pattern over an address leaves one or two candidates).
+    """
     types = node.get("type")
     type_list = types if isinstance(types, list) else [types]
     return "string" in type_list and not any(k in node for k in _CONSTRAINING)
@@ -78,45 +84,109 @@ def _marked(schema: dict[str, Any], setting: bool | None) -> bool:
     return bool(schema.get(COPY_KEY))
 
 
-def _rewrite(node: Any, on: bool, setting: bool | None, hits: list[str], path: str) -> Any:
-    """``node`` with its marked plain strings replaced by the span reference."""
-    if isinstance(node, list):
-        return [_rewrite(v, on, setting, hits, path) for v in node]
-    if not isinstance(node, dict):
-        return node
-    here = setting if setting is not None else (on or bool(node.get(COPY_KEY)))
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key in ("enum", "const", "default", "examples", COPY_KEY):
-            if key != COPY_KEY:
-                out[key] = value
-            continue
-        if key == "properties" and isinstance(value, dict):
-            out[key] = {k: _rewrite(v, here, setting, hits, f"{path}.{k}" if path else k) for k, v in value.items()}
-        elif key in ("$defs", "definitions") and isinstance(value, dict):
-            out[key] = {k: _rewrite(v, False if setting is None else here, setting, hits, path)
-                        for k, v in value.items()}
+def _fits(span: str, bound: int | None, low: int, pattern: re.Pattern[str] | None) -> bool:
+    return (bound is None or len(span) <= bound) and len(span) >= low and (
+        pattern is None or pattern.search(span) is not None)
+
+
+def _compiled(pattern: Any) -> re.Pattern[str] | None:
+    """The field's pattern for Python's ``re`` (JSON Schema patterns search, unanchored);
+    None when absent or when Python cannot read it (the span list is then unfiltered and
+    the pattern stays for llguidance to enforce)."""
+    if not isinstance(pattern, str):
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error:
+        return None
+
+
+# A union branch no span of the input fits (dropped from its anyOf/oneOf).
+_NOTHING: dict[str, Any] = {"enum": []}
+
+
+class _Rewriter:
+    """Replaces marked strings by references to per-input span lists.
+
+    ``spans`` None only collects the paths (``copy_paths``); otherwise each marked string
+    gets the spans that fit its bounds and pattern, one ``$defs`` entry per distinct list.
+    """
+
+    def __init__(self, setting: bool | None, spans: list[str] | None) -> None:
+        self.setting = setting
+        self.spans = spans
+        self.hits: list[str] = []
+        self.defs: dict[str, dict[str, Any]] = {}
+        self._by_values: dict[tuple[str, ...], str] = {}
+
+    def _ref_for(self, node: dict[str, Any]) -> str | None:
+        """The ``$ref`` of the spans this string admits; None when none does."""
+        assert self.spans is not None
+        pattern = _compiled(node.get("pattern"))
+        if node.get("pattern") is not None and pattern is None:
+            fitting = [s for s in self.spans if _fits(s, node.get("maxLength"), int(node.get("minLength", 0)), None)]
         else:
-            out[key] = _rewrite(value, here, setting, hits, path)
-    if here and _plain_string(out):
-        hits.append(path)
+            fitting = [s for s in self.spans if _fits(s, node.get("maxLength"), int(node.get("minLength", 0)), pattern)]
+        if not fitting:
+            return None
+        key = tuple(fitting)
+        if key not in self._by_values:
+            name = SPAN_DEF if not self._by_values else f"{SPAN_DEF}_{len(self._by_values)}"
+            self._by_values[key] = name
+            entry: dict[str, Any] = {"type": "string", "enum": fitting}
+            if node.get("pattern") is not None and pattern is None:
+                entry["pattern"] = node["pattern"]
+            self.defs[name] = entry
+        return f"#/$defs/{self._by_values[key]}"
+
+    def rewrite(self, node: Any, on: bool, path: str, in_union: bool = False) -> Any:
+        """``node`` rewritten; inside ``anyOf``/``oneOf`` a string no span fits is dropped."""
+        if isinstance(node, list):
+            return [self.rewrite(v, on, path) for v in node]
+        if not isinstance(node, dict):
+            return node
+        setting = self.setting
+        here = setting if setting is not None else (on or bool(node.get(COPY_KEY)))
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("enum", "const", "default", "examples", COPY_KEY):
+                if key != COPY_KEY:
+                    out[key] = value
+                continue
+            if key == "properties" and isinstance(value, dict):
+                out[key] = {k: self.rewrite(v, here, f"{path}.{k}" if path else k) for k, v in value.items()}
+            elif key in ("$defs", "definitions") and isinstance(value, dict):
+                out[key] = {k: self.rewrite(v, False if setting is None else here, path) for k, v in value.items()}
+            elif key in ("anyOf", "oneOf") and isinstance(value, list):
+                kept = [r for r in (self.rewrite(v, here, path, in_union=True) for v in value) if r is not _NOTHING]
+                out[key] = kept or [self.rewrite(v, here, path) for v in value]
+            else:
+                out[key] = self.rewrite(value, here, path)
+        if not (here and _copyable(out)):
+            return out
+        self.hits.append(path)
+        if self.spans is None:
+            return out
         types = out.get("type")
         others = [t for t in (types if isinstance(types, list) else [types]) if t != "string"]
-        # A bounded field gets the spans that fit its bound (one definition per bound).
-        bound = out.get("maxLength")
-        ref = {"$ref": _REF if bound is None else f"{_REF}_{int(bound)}"}
+        ref = self._ref_for(out)
+        rest = {k: v for k, v in out.items() if k not in ("type", "maxLength", "minLength", "pattern")}
+        if ref is None:
+            # No span of this input fits: the field can only take its other types (null), or
+            # its union's other branches; alone, it stays as the schema says (nothing to copy).
+            if not others:
+                return _NOTHING if in_union else out
+            return {**rest, "type": others[0]} if len(others) == 1 else {**rest, "type": others}
         if not others:
-            return ref
-        rest = {k: v for k, v in out.items() if k not in ("type", "maxLength", "minLength")}
-        return {**rest, "anyOf": [ref, *({"type": t} for t in others)]}
-    return out
+            return {"$ref": ref}
+        return {**rest, "anyOf": [{"$ref": ref}, *({"type": t} for t in others)]}
 
 
 def copy_paths(schema: dict[str, Any], setting: bool | None = None) -> list[str]:
     """Dotted paths of the strings span-copy constrains (empty: span-copy is off for this spec)."""
-    hits: list[str] = []
-    _rewrite(schema, _marked(schema, setting), setting, hits, "")
-    return hits
+    rewriter = _Rewriter(setting, None)
+    rewriter.rewrite(schema, _marked(schema, setting), "")
+    return rewriter.hits
 
 
 def strip_copy_marks(node: Any) -> Any:
@@ -135,29 +205,15 @@ def apply_span_copy(schema: dict[str, Any], text: str, setting: bool | None = No
     Returns a new schema; an unmarked schema comes back only without the marks. An input with
     no words leaves the strings as they were (an empty enum would admit nothing).
     """
-    hits: list[str] = []
-    out = _rewrite(schema, _marked(schema, setting), setting, hits, "")
     spans = word_spans(text)
-    if not hits or not spans:
+    if not spans:
         return strip_copy_marks(schema)  # type: ignore[no-any-return]
-    defs = dict(out.get("$defs") or {})
-    for ref in sorted(set(_refs(out))):
-        name = ref.rsplit("/", 1)[-1]
-        bound = int(name.rsplit("_", 1)[1]) if name != SPAN_DEF else None
-        fitting = [s for s in spans if bound is None or len(s) <= bound]
-        # No span fits: a string that cannot be produced; the field can still be null.
-        defs[name] = {"type": "string", "enum": fitting} if fitting else {"type": "string", "maxLength": 0}
-    out["$defs"] = defs
+    rewriter = _Rewriter(setting, spans)
+    out = rewriter.rewrite(schema, _marked(schema, setting), "")
+    if not rewriter.hits:
+        return strip_copy_marks(schema)  # type: ignore[no-any-return]
+    out["$defs"] = {**(out.get("$defs") or {}), **rewriter.defs}
     return out  # type: ignore[no-any-return]
-
-
-def _refs(node: Any) -> list[str]:
-    if isinstance(node, list):
-        return [r for v in node for r in _refs(v)]
-    if not isinstance(node, dict):
-        return []
-    own = [node["$ref"]] if str(node.get("$ref", "")).startswith(_REF) else []
-    return own + [r for k, v in node.items() if k not in ("enum", "const") for r in _refs(v)]
 
 
 def _squash(s: str) -> str:

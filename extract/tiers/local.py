@@ -10,22 +10,32 @@ cannot compile raises ``UnsupportedSchema`` naming the keyword, before any decod
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Sequence
 
 from extract.errors import ConfigError, UnsupportedSchema
-from extract.examples import Example
+from extract.examples import Example, schema_examples
 from extract.providers.local_model import Constraint, LocalModel, load_local_model
 from extract.settings import Settings
 from extract.spec import Spec, ensure_supported, local_constraint, max_output_chars
 from extract.spec.grammar import object_lark
 from extract.spec.prompt import PROMPT_VERSION, build_messages
+from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
 from extract.tiers.base import Task
 from extract.types import Attempt, Usage
 from extract.validate import check
 
 __all__ = ["LocalTier"]
+
+
+def _require_all(constraint: str) -> str:
+    """The JSON Schema text with every top-level property required (nullable ones may be null)."""
+    schema = json.loads(constraint)
+    if isinstance(schema.get("properties"), dict):
+        schema["required"] = list(schema["properties"])
+    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 # llguidance names the keyword it refuses; map it back onto our feature names.
 _KEYWORD_FEATURES = {
@@ -71,7 +81,9 @@ class LocalTier:
     def unavailable(self) -> str | None:
         return None
 
-    def grammar_for(self, spec: Spec, text: str) -> Constraint:
+    def grammar_for(self, spec: Spec, text: str, all_keys: bool = False) -> Constraint:
+        """The constraint for ``spec`` on ``text``; ``all_keys`` makes every top-level key
+        of a JSON object appear, in schema order (null where absent)."""
         if spec.kind == "regex":
             assert spec.pattern is not None
             return Constraint("regex", spec.pattern)
@@ -83,7 +95,30 @@ class LocalTier:
         if "grammar_field" in spec.features:
             # A string field under a Lark grammar: one Lark grammar for the whole object.
             return Constraint("lark", object_lark(schema))
+        if wants_order(spec.schema, self.settings.copy_in_order, self.settings.copy_from_input):
+            # Copied fields in input order: a per-input Lark grammar (None: not expressible).
+            fields = ordered_fields(spec.schema or {}, self.settings.copy_from_input)
+            ordered = ordered_lark(schema, text, fields, all_keys=all_keys)
+            if ordered is not None:
+                return Constraint("lark", ordered)
+        if all_keys:
+            schema = _require_all(schema)
         return Constraint("json_schema", schema)
+
+    def _all_keys(self, spec: Spec, examples: Sequence[Example]) -> bool:
+        """Whether every key is written: as set, else only when no worked example is shown.
+
+        Zero-shot, the 135M model skips straight to the last keys of an all-optional object
+        and fills few fields; made to answer each key in turn, with ``null`` discounted so one
+        null does not start a run of them, it fills the fields (benchmarks/ablation.py,
+        ``copy`` against ``copy-optkeys``). With examples it imitates their answers, which
+        leave absent fields out.
+        """
+        if not spec.is_json or spec.schema is None or spec.schema.get("type") != "object":
+            return False
+        if self.settings.all_keys is not None:
+            return self.settings.all_keys
+        return not examples and not schema_examples(spec)
 
     def check_support(self, spec: Spec) -> None:
         ensure_supported(spec.features, self.name)
@@ -130,11 +165,15 @@ class LocalTier:
         cut = text[:lo]
         return model.render(build_messages(spec, cut, examples)), cut, True
 
-    def _budget(self, grammar: Constraint, model: LocalModel, prompt: str) -> int:
+    def _budget(self, grammar: Constraint, model: LocalModel, prompt: str, spec: Spec, text: str) -> int:
         if self.settings.max_tokens is not None:
             return self.settings.max_tokens
         if grammar.kind == "json_schema":
             bound = max_output_chars(grammar.text) + 8
+        elif spec.is_json and "grammar_field" not in spec.features:
+            # An ordered span grammar admits a subset of its JSON Schema's instances.
+            bound = max_output_chars(local_constraint(
+                spec, text, copy_from_input=self.settings.copy_from_input, bounds=self.settings.bound_strings)) + 8
         else:
             bound = 256
         return max(_MIN_OUTPUT_TOKENS, min(bound, model.n_ctx - model.count_tokens(prompt)))
@@ -143,11 +182,13 @@ class LocalTier:
         spec = task.spec
         model = await asyncio.to_thread(load_local_model, self.settings)
         prompt, text, cut = await asyncio.to_thread(self._fit, model, spec, task.text, task.examples)
-        grammar = self.grammar_for(spec, text)
-        budget = self._budget(grammar, model, prompt)
+        all_keys = self._all_keys(spec, task.examples)
+        grammar = self.grammar_for(spec, text, all_keys)
+        budget = self._budget(grammar, model, prompt, spec, text)
+        penalty = self.settings.null_penalty if all_keys else 0.0
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        gen = await loop.run_in_executor(model.executor, model.generate, prompt, grammar, budget)
+        gen = await loop.run_in_executor(model.executor, model.generate, prompt, grammar, budget, penalty)
         truncated = gen.finish_reason == "length"
         checked = check(gen.text, spec, truncated=truncated)
         error = checked.error
@@ -172,6 +213,7 @@ class LocalTier:
                     "decoder": self.settings.decoder if model.info.backend == "llamacpp" else "outlines",
                     "max_tokens": budget,
                     "forced_tokens": gen.forced_tokens,
+                    **({"all_keys": True, "null_penalty": penalty} if all_keys else {}),
                     "input_chars": len(text),
                     **({"original_chars": len(task.text)} if cut else {}),
                 },
