@@ -23,11 +23,11 @@ or the ``copy_in_order`` setting (which wins).
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
+from extract.spec.grammar import _lit
 from extract.spec.model import Spec
-from extract.spec.span_copy import _TRAILING, SPAN_DEF, copy_paths, word_spans
+from extract.spec.span_copy import _TRAILING, _WORD, SPAN_DEF, _squash, copy_paths, word_spans
 from extract.types import AttemptError
 
 __all__ = ["ORDER_KEY", "order_violations", "ordered_fields", "ordered_lark", "wants_order"]
@@ -36,7 +36,6 @@ ORDER_KEY = "copy_in_order"
 # Beyond this many words the per-input grammar (fields x positions x span lengths) grows past
 # what is worth compiling per call; such inputs fall back to unordered span-copy.
 MAX_WORDS = 400
-_WORD = re.compile(r"\S+")
 
 
 def wants_order(schema: dict[str, Any] | None, setting: bool | None = None, copy_setting: bool | None = None) -> bool:
@@ -51,11 +50,6 @@ def ordered_fields(schema: dict[str, Any], copy_setting: bool | None = None) -> 
     """The top-level fields the order applies to: the span-copied ones, in schema order."""
     top = set(p for p in copy_paths(schema, copy_setting) if "." not in p)
     return [name for name in (schema.get("properties") or {}) if name in top]
-
-
-def _lit(s: str) -> str:
-    # A Lark string literal: JSON escaping is a subset of Lark's.
-    return json.dumps(s, ensure_ascii=False)
 
 
 def _allowed(node: dict[str, Any], defs: dict[str, Any]) -> tuple[set[str] | None, bool]:
@@ -218,10 +212,6 @@ def ordered_lark(constraint: str, text: str, fields: list[str], gap: int | None 
     head = 'start: "{" e0_0_1' + ("?" if can_be_empty else "") + ' "}"' if some[0][0] else 'start: "{}"'
     body = [f"{name}: {alts}" for name, alts in rules.items()]
     return "\n".join([head, *body, *json_rules.values()]) + "\n"
-
-
-def _squash(s: str) -> str:
-    return " ".join(s.split())
 
 
 def order_violations(value: Any, spec: Spec, text: str, setting: bool | None = None,
