@@ -55,6 +55,9 @@ def test_native_extraction_records_mode_model_usage_and_endpoint(
     assert isinstance(attempt.value, Person) and attempt.value.age == 42
     assert attempt.meta["mode"] == "json_object_schema"
     assert [r["mode"] for r in attempt.meta["rejected_modes"]] == ["json_schema"]
+    # llama-cpp-python's 500 carries a Python traceback: its message is kept, its frames are not.
+    (reason,) = [r["reason"] for r in attempt.meta["rejected_modes"]]
+    assert "json_object" in reason and 'File "' not in reason and "site-packages" not in reason
     assert attempt.model is not None
     assert attempt.model.name == "local"  # no model configured: the first one /v1/models lists
     assert attempt.model.backend == "openai-compatible"

@@ -207,8 +207,16 @@ def _retry_after(headers: Any) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
+# A server's Python traceback in its error body (llama-cpp-python's server sends one): its
+# frames name the server's files, internals that do not belong in our records.
+_TRACEBACK = re.compile(r"\s*(?:Traceback \(most recent call last\):|File \"[^\"]*\", line \d+).*", re.DOTALL)
+
+
 def _scrub(text: str, endpoint: Endpoint) -> str:
-    """Drop the key from server text, in case a server echoes it back; keep it short."""
+    """Drop the key from server text, in case a server echoes it back, and any traceback;
+    keep it short."""
+    cleaned = _TRACEBACK.sub("", text)
+    text = cleaned if cleaned.strip() else "(the server's message was only a traceback)"
     if endpoint.api_key is not None:
         secret = endpoint.api_key.get_secret_value()
         if secret:
