@@ -122,11 +122,9 @@ class _Rewriter:
     def _ref_for(self, node: dict[str, Any]) -> str | None:
         """The ``$ref`` of the spans this string admits; None when none does."""
         assert self.spans is not None
-        pattern = _compiled(node.get("pattern"))
-        if node.get("pattern") is not None and pattern is None:
-            fitting = [s for s in self.spans if _fits(s, node.get("maxLength"), int(node.get("minLength", 0)), None)]
-        else:
-            fitting = [s for s in self.spans if _fits(s, node.get("maxLength"), int(node.get("minLength", 0)), pattern)]
+        raw = node.get("pattern")
+        pattern = _compiled(raw)  # None for a pattern Python cannot read: spans unfiltered
+        fitting = [s for s in self.spans if _fits(s, node.get("maxLength"), int(node.get("minLength", 0)), pattern)]
         if not fitting:
             return None
         key = tuple(fitting)
@@ -134,8 +132,8 @@ class _Rewriter:
             name = SPAN_DEF if not self._by_values else f"{SPAN_DEF}_{len(self._by_values)}"
             self._by_values[key] = name
             entry: dict[str, Any] = {"type": "string", "enum": fitting}
-            if node.get("pattern") is not None and pattern is None:
-                entry["pattern"] = node["pattern"]
+            if raw is not None and pattern is None:
+                entry["pattern"] = raw  # left for llguidance to enforce
             self.defs[name] = entry
         return f"#/$defs/{self._by_values[key]}"
 

@@ -27,10 +27,10 @@ from typing import Any
 
 from extract.spec.grammar import _lit
 from extract.spec.model import Spec
-from extract.spec.span_copy import _TRAILING, _WORD, SPAN_DEF, _squash, copy_paths, word_spans
+from extract.spec.span_copy import _TRAILING, _WORD, MAX_SPAN_WORDS, SPAN_DEF, _squash, copy_paths, copy_violations
 from extract.types import AttemptError
 
-__all__ = ["ORDER_KEY", "order_violations", "ordered_fields", "ordered_lark", "wants_order"]
+__all__ = ["ORDER_KEY", "order_violations", "ordered_fields", "ordered_lark", "span_violations", "wants_order"]
 
 ORDER_KEY = "copy_in_order"
 # Beyond this many words the per-input grammar (fields x positions x span lengths) grows past
@@ -77,12 +77,12 @@ def _allowed(node: dict[str, Any], defs: dict[str, Any]) -> tuple[set[str] | Non
 
 
 def _occurrences(text: str) -> list[tuple[int, int, str]]:
-    """(start word, end word, form) for every word run of the input, as ``word_spans`` cuts it."""
+    """(start word, end word, form) for every word run of the input, as ``word_spans`` cuts it
+    (a run longer than any allowed span is never in a field's allowed set, so harmless)."""
     words = [(m.start(), m.end()) for m in _WORD.finditer(text)]
-    longest = max((len(s.split()) for s in word_spans(text)), default=0)
     out = []
     for s in range(len(words)):
-        for e in range(s + 1, min(len(words), s + longest) + 1):
+        for e in range(s + 1, min(len(words), s + MAX_SPAN_WORDS) + 1):
             span = text[words[s][0]:words[e - 1][1]]
             for form in dict.fromkeys((span, span.rstrip(_TRAILING))):
                 if form:
@@ -247,3 +247,11 @@ def order_violations(value: Any, spec: Spec, text: str, setting: bool | None = N
         pos = at + len(_squash(got))
         previous = name
     return None
+
+
+def span_violations(value: Any, spec: Spec, text: str, copy_setting: bool | None = None,
+                    order_setting: bool | None = None) -> AttemptError | None:
+    """The remote tiers' check of both span promises: copied (``not_copied``), then in order
+    (``out_of_order``); None when the value keeps them."""
+    return copy_violations(value, spec, text, copy_setting) or order_violations(
+        value, spec, text, order_setting, copy_setting)

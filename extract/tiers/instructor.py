@@ -48,8 +48,7 @@ from extract.providers.openai_compat import (
 )
 from extract.spec import Spec
 from extract.spec.prompt import PROMPT_VERSION, build_messages
-from extract.spec.span_copy import copy_violations
-from extract.spec.span_order import order_violations
+from extract.spec.span_order import span_violations
 from extract.tiers.base import Task
 from extract.tiers.native import EndpointTier, closed_schema, output_budget, schema_name, usage_of
 from extract.types import Attempt, AttemptError, ModelInfo, Usage
@@ -313,9 +312,8 @@ class InstructorTier(EndpointTier):
         if checked.error is None and finish == "length":
             checked.repaired = True
         if checked.error is None:  # span-copy cannot be enforced remotely: check it
-            checked.error = copy_violations(checked.value, spec, task.text, self.settings.copy_from_input) or \
-                order_violations(checked.value, spec, task.text, self.settings.copy_in_order,
-                                 self.settings.copy_from_input)
+            checked.error = span_violations(checked.value, spec, task.text, self.settings.copy_from_input,
+                                            self.settings.copy_in_order)
         if call.parse_error is not None and checked.error is None:
             # Instructor rejected what check accepts (should not happen: it runs check).
             call_meta["instructor_parse_error"] = call.parse_error[:500]

@@ -35,8 +35,7 @@ from extract.providers.openai_compat import (
 from extract.settings import Settings
 from extract.spec import Spec, ensure_supported, local_constraint, max_output_chars
 from extract.spec.prompt import PROMPT_VERSION, build_messages
-from extract.spec.span_copy import copy_violations
-from extract.spec.span_order import order_violations
+from extract.spec.span_order import span_violations
 from extract.tiers.base import Task
 from extract.types import Attempt, AttemptError, ModelInfo, Usage
 from extract.validate import Checked, check
@@ -198,9 +197,8 @@ class NativeTier(EndpointTier):
         if checked.error is None and finish == "length":
             checked.repaired = True  # valid only because the repair closed what the limit cut
         if checked.error is None:  # span-copy cannot be enforced remotely: check it
-            checked.error = copy_violations(checked.value, spec, task.text, self.settings.copy_from_input) or \
-                order_violations(checked.value, spec, task.text, self.settings.copy_in_order,
-                                 self.settings.copy_from_input)
+            checked.error = span_violations(checked.value, spec, task.text, self.settings.copy_from_input,
+                                            self.settings.copy_in_order)
         return [self._answered(task, response, model_name, checked, latency, {
             **meta,
             "http_tries": conn.http_tries,
