@@ -217,3 +217,58 @@ def test_bad_targets_exit_2(target: str, message: str) -> None:
 def test_check_spec_raises_config_error_for_a_json_object_that_is_not_a_schema() -> None:
     with pytest.raises(ConfigError, match="not a schema"):
         check_spec({"name": "x"})
+
+
+# parse_output takes a spec as the user writes it (the README calls it with a model class),
+# not only the compiled Spec the tiers pass.
+
+
+class _Pet(BaseModel):
+    name: str
+    age: int
+
+
+def test_parse_output_takes_a_model_class() -> None:
+    from extract import parse_output
+
+    checked = parse_output('Sure! ```json\n{"name": "Rex", "age": 3}\n```', _Pet)
+    assert checked.ok and checked.value == _Pet(name="Rex", age=3)
+    assert checked.repaired and checked.repairs == ["strip_code_fence", "strip_surrounding_text"]
+    assert parse_output('{"name": "Rex"}', _Pet).error.type == "schema_violation"  # type: ignore[union-attr]
+    # Compiled once: the model class and the Spec the tiers pass are the same cached Spec.
+    assert compile_spec(_Pet) is compile_spec(_Pet)
+
+
+def test_parse_output_takes_a_json_schema_dict() -> None:
+    from extract import parse_output
+
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
+    checked = parse_output('{"age": 3}', schema)
+    assert checked.ok and checked.value == {"age": 3} and not checked.repaired
+    assert parse_output('{"age": "old"}', schema).error.type == "schema_violation"  # type: ignore[union-attr]
+    assert compile_spec(dict(schema)) is compile_spec(schema)
+
+
+def test_parse_output_takes_a_regex() -> None:
+    from extract import Regex, parse_output
+
+    spec = Regex(r"\d{4}-\d{2}-\d{2}")
+    assert parse_output("2021-03-04", spec).value == "2021-03-04"
+    stripped = parse_output(" 2021-03-04\n", spec)
+    assert stripped.value == "2021-03-04" and stripped.repairs == ["strip_whitespace"]
+    assert parse_output("March 4th", spec).error.type == "regex_mismatch"  # type: ignore[union-attr]
+
+
+def test_parse_output_takes_a_grammar() -> None:
+    from extract import Grammar, parse_output
+
+    grammar = Grammar.from_text('start: "SELECT " NAME\nNAME: /[a-z]+/\n')
+    assert parse_output("SELECT name", grammar).value == "SELECT name"
+    assert parse_output("DELETE name", grammar).error.type == "parse_error"  # type: ignore[union-attr]
+
+
+def test_parse_output_refuses_what_is_not_a_spec() -> None:
+    from extract import parse_output
+
+    with pytest.raises(ConfigError, match="a spec must be"):
+        parse_output("{}", "not a spec")

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from extract.spec.compile import compile_spec
 from extract.spec.model import Spec
 from extract.types import AttemptError
 from extract.validate.repair import RepairFailure, repair_syntax
@@ -93,8 +94,11 @@ def _validate_model(data: Any, spec: Spec) -> tuple[Any, AttemptError | None, li
     return value, error, repairs
 
 
-def parse_output(raw: str | None, spec: Spec, *, truncated: bool = False) -> Checked:
+def parse_output(raw: str | None, spec: Any, *, truncated: bool = False) -> Checked:
     """Raw model text -> a validated value, or the recorded reason why not.
+
+    ``spec`` is anything ``extract`` accepts: a Pydantic model class, a JSON Schema dict, a
+    ``Regex``, a ``Grammar``, or an already compiled ``Spec`` (what the tiers pass).
 
     Steps, each recorded in ``repairs`` when it changed anything: strip fences and prose,
     ``json_repair`` for syntax (a cut text is closed only after its last complete value, as
@@ -104,6 +108,10 @@ def parse_output(raw: str | None, spec: Spec, *, truncated: bool = False) -> Che
     at its token limit: a failure is then reported as ``truncated``, because the cure differs
     (a bigger budget, not a better model).
     """
+    if not isinstance(spec, Spec):
+        # compile_spec caches a model class per process and a dict per canonical form; a Regex
+        # or a Grammar is only wrapped (a Grammar builds its parser once, on itself).
+        spec = compile_spec(spec)
     if raw is None or not raw.strip():
         return Checked(error=AttemptError(type="empty_output", message="the model returned no text"))
     if spec.kind == "grammar":
