@@ -190,14 +190,20 @@ def serve(
     model: Annotated[Path | None, typer.Option(help="A GGUF file (default: the embedded model).")] = None,
     host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The port (0: a free one).")] = 8765,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads for generation and prompt evaluation (default: half the cores).")] = None,
+    extra_buffers: Annotated[bool | None, typer.Option(
+        "--extra-buffers/--no-extra-buffers",
+        help="llama.cpp's extra weight buffer types (CPU repack, AMX): off unless set here or by "
+        "EXTRACT_EXTRA_BUFFERS; on risks a crash on AMX CPUs.")] = None,
 ) -> None:
     """Serve a GGUF model on an OpenAI-compatible endpoint (llama-cpp-python's server)."""
     from extract.providers.server import serve as run_server
+    from extract.settings import Settings
 
-    try:
-        run_server(model, host, port)
-    except ExtractError as exc:
-        _fail(exc, 2 if isinstance(exc, ConfigError) else 1)
+    with _exit_codes():
+        settings = Settings.resolve(extra_buffers=extra_buffers, n_threads=threads)
+        run_server(model, host, port, n_threads=settings.n_threads, extra_buffers=settings.extra_buffers)
 
 
 @app.command()

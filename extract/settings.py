@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     max_tokens: int | None = Field(
         default=None, ge=1, description="Output token cap; None derives it from the spec."
     )
+    extra_buffers: bool = Field(
+        default=False,
+        description="Let llama.cpp move the weights into its extra buffer types at load (CPU "
+        "weight repacking, and AMX tiles on CPUs that have them). Off by default: llama.cpp built "
+        "natively on a CPU with AMX segfaulted on the first decode of the embedded model. On may "
+        "speed up prompt evaluation where the build and the CPU handle it; it risks that crash.",
+    )
     decoder: Literal["fast", "outlines"] = Field(
         default="fast",
         description="How the llama.cpp backend samples under a constraint: 'fast' drives "

@@ -57,6 +57,9 @@ class ModelInfo(BaseModel):
     name: str
     digest: str | None = None
     backend: str | None = None
+    # llama.cpp only: whether the weights were loaded into extra buffer types (CPU repack,
+    # AMX); results stay tied to how the model ran. None for remote and transformers models.
+    extra_buffers: bool | None = None
 
 
 class AttemptError(BaseModel):

