@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lark
-
 from extract.errors import ConfigError, UnsupportedSchema
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec, local_constraint, max_output_chars
@@ -326,6 +324,8 @@ def _read_grammar(path: Path) -> tuple[GrammarFindings, Any]:
 
 
 def _grammar_findings(text: str, start: str, source: str | None = None) -> GrammarFindings:
+    import lark
+
     lark_error: str | None = None
     try:
         lark.Lark(text, start=start, parser="earley")

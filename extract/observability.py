@@ -35,10 +35,10 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
 
-import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
@@ -69,8 +69,6 @@ REDACTED = "**********"
 # event would destroy the log and protect nothing a real key needs.
 _MIN_SECRET_CHARS = 6
 
-_JSON = structlog.processors.JSONRenderer(sort_keys=True)
-_CONSOLE = structlog.dev.ConsoleRenderer(colors=False)
 
 
 def enable_event_log(stream: IO[str] | None = None, level: int = logging.INFO) -> logging.Handler:
@@ -83,10 +81,18 @@ def enable_event_log(stream: IO[str] | None = None, level: int = logging.INFO) -
     return handler
 
 
+@lru_cache(maxsize=1)
+def _renderers() -> tuple[Any, Any]:
+    import structlog
+
+    return structlog.dev.ConsoleRenderer(colors=False), structlog.processors.JSONRenderer(sort_keys=True)
+
+
 def _render(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+    console, as_json = _renderers()
     if sys.stderr.isatty():
-        return str(_CONSOLE(logger, method, event))
-    return str(_JSON(logger, method, event))
+        return str(console(logger, method, event))
+    return str(as_json(logger, method, event))
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -174,18 +180,31 @@ class Runtime:
         self.settings = settings
         self.secrets = secrets_of(settings)
         self.budget = Budget.from_settings(settings, [n for n in tier_names if _remote(n)])
-        self.log = structlog.wrap_logger(
-            logging.getLogger(EVENT_LOGGER),
-            processors=[
-                structlog.stdlib.filter_by_level,
-                structlog.stdlib.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                self._redact,
-                _render,
-            ],
-            wrapper_class=structlog.stdlib.BoundLogger,
-        )
+        self._log: Any = None
         self.tracer = trace.get_tracer("extract")
+
+    @property
+    def log(self) -> Any:
+        """The structlog event logger, built on first use.
+
+        structlog (with rich and pygments behind its console renderer) costs 0.3-0.8 s to
+        import; an extraction whose event logger is off never pays it.
+        """
+        if self._log is None:
+            import structlog
+
+            self._log = structlog.wrap_logger(
+                logging.getLogger(EVENT_LOGGER),
+                processors=[
+                    structlog.stdlib.filter_by_level,
+                    structlog.stdlib.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    self._redact,
+                    _render,
+                ],
+                wrapper_class=structlog.stdlib.BoundLogger,
+            )
+        return self._log
 
     def _redact(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         redacted: dict[str, Any] = redact_secrets(dict(event), self.secrets)
@@ -329,7 +348,8 @@ class Runtime:
                 span.set_status(Status(StatusCode.ERROR, attempt.error.type))
             span.end(end_time=at + duration)
             at += duration
-            self.log.info("attempt", **fields)
+            if logging.getLogger(EVENT_LOGGER).isEnabledFor(logging.INFO):
+                self.log.info("attempt", **fields)
             if current is not None:
                 current.observed.add(id(attempt))
         if parent is not None:

@@ -33,14 +33,16 @@ import sqlite3
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lark
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
 from extract.errors import ConfigError, UnsupportedSchema
+
+if TYPE_CHECKING:
+    import lark
 
 __all__ = [
     "Grammar",
@@ -98,6 +100,8 @@ class Grammar:
     source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        import lark
+
         if not isinstance(self.text, str) or not self.text.strip():
             raise ConfigError("Grammar needs a non-empty Lark grammar text")
         where = f" in {self.source}" if self.source else ""
@@ -139,6 +143,8 @@ class Grammar:
     def parser(self) -> lark.Lark:
         """lark's Earley parser for this grammar: the most permissive lark parser, so it
         accepts every grammar llguidance does (LALR would refuse ambiguous ones)."""
+        import lark
+
         where = f" {self.source}" if self.source else ""
         try:
             return lark.Lark(self.text, start=self.start, parser="earley")
@@ -210,6 +216,8 @@ class Grammar:
         """A field's value as the grammar reads it; a parse error is a ``ValueError`` whose
         message (line, column, expected tokens, offending text) Pydantic reports and a
         reask carries. The value stays the text: a field's type is ``str``."""
+        import lark
+
         try:
             self.parser.parse(value)
         except lark.exceptions.UnexpectedInput as exc:
@@ -245,6 +253,8 @@ def describe_parse_error(
     lark parse error: what a reask tells the model and a report shows. With the ``parser``,
     expected terminals are shown as the text they match (``'SELECT '``) rather than lark's
     internal names (``__ANON_3``), which mean nothing to a model."""
+    import lark
+
     line, column = getattr(exc, "line", -1), getattr(exc, "column", -1)
     expected: list[str] = []
     if isinstance(exc, lark.exceptions.UnexpectedCharacters):
@@ -271,6 +281,8 @@ def describe_parse_error(
 
 
 def _shown_terminal(parser: lark.Lark, name: str) -> str:
+    import lark
+
     try:
         pattern = parser.get_terminal(name).pattern
     except KeyError:
@@ -344,6 +356,8 @@ _CATEGORIES = {
 def json_unsafe_terminals(grammar: Grammar) -> list[tuple[str, str]]:
     """(terminal, character) for each terminal that can produce a character a JSON string
     must escape; empty when every sentence can sit between quotes as it is."""
+    import lark
+
     found: list[tuple[str, str]] = []
     for term in grammar.parser.terminals:
         pattern = term.pattern

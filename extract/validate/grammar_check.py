@@ -12,14 +12,15 @@ no provider.
 from __future__ import annotations
 
 import re
-from typing import Any
-
-import lark
+from typing import TYPE_CHECKING, Any
 
 from extract.spec.grammar import describe_parse_error
 from extract.spec.model import Spec
 from extract.types import AttemptError
 from extract.validate.check import Checked
+
+if TYPE_CHECKING:
+    import lark
 
 __all__ = ["check_grammar", "describe_parse_error"]
 
@@ -40,6 +41,8 @@ def check_grammar(raw: str | None, spec: Spec, truncated: bool = False) -> Check
         # Chat models wrap code in a Markdown fence (measured: 2 of 12 SQL answers on the
         # native tier); the fence is a repair, so the answer counts as valid after repair.
         candidates.append((fenced.group(1).strip(), ["strip_fences"]))
+    import lark
+
     value: Any = None
     repairs: list[str] | None = None
     first: lark.exceptions.UnexpectedInput | None = None
