@@ -239,3 +239,13 @@ def test_the_rewrites_keep_the_commands() -> None:
         "extract run --schema s:S f.txt",
         "extract bench --data d.jsonl      --serve --sample 2 --out out/   # comment",
     ]
+
+
+def test_the_reader_names_blocks_by_section_and_keeps_skip_reasons() -> None:
+    text = ("# extract\n\n## Using it\n\n```python\nx = 1\n```\n\n"
+            "<!-- readme-test: skip (needs a GPU) -->\n```bash\nextract serve\n```\n\n"
+            "```python\n# not a heading\ny = 2\n```\n")
+    blocks = readme_blocks(text)
+    assert [(b.id, b.line, b.skip) for b in blocks] == [
+        ("python-using-it-1", 5, None), ("bash-using-it-1", 10, "needs a GPU"), ("python-using-it-2", 14, None)]
+    assert blocks[2].code == "# not a heading\ny = 2\n"
