@@ -11,8 +11,11 @@ batch-wide.
 ``run_jsonl`` is what ``extract run --input --output`` does: rows ``{"id", "text"}`` (a plain
 text line is its own text, its line number its id), each finished row appended, flushed and
 fsynced at once, and a rerun that skips every id already in the output (a torn last line from a
-``kill -9`` is cut off first). ``engine="ray"`` runs the same work as Ray tasks, each a local
-batch over its share of the inputs (Ray is imported only then).
+``kill -9`` is cut off first). One process writes an output at a time: ``hold_output`` takes an
+``flock`` on ``<output>.lock`` before the torn-line cut, and a second writer gets ``OutputLocked``
+naming the holder. The kernel drops the lock with its holder, so a killed run never blocks its
+resume. ``engine="ray"`` runs the same work as Ray tasks, each a local batch over its share of
+the inputs (Ray is imported only then).
 
 This module imports the pipeline, never a tier or a provider.
 """
@@ -20,11 +23,15 @@ This module imports the pipeline, never a tier or a provider.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shlex
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +41,16 @@ from extract.pipeline import Extractor, _run_sync
 from extract.spec import Spec, compile_spec
 from extract.types import Attempt, AttemptError, Result
 
-__all__ = ["BatchStats", "aextract_many", "extract_many", "failed_result", "progress_bar", "run_jsonl"]
+__all__ = [
+    "BatchStats",
+    "OutputLocked",
+    "aextract_many",
+    "extract_many",
+    "failed_result",
+    "hold_output",
+    "progress_bar",
+    "run_jsonl",
+]
 
 Engine = Literal["local", "ray"]
 
@@ -313,6 +329,98 @@ def read_inputs(path: Path) -> Iterator[tuple[Any, Any]]:
             yield ident, text
 
 
+class OutputLocked(ConfigError):
+    """Another live writer holds the output file: another process, or another call in this one.
+
+    ``path`` is the output, ``pid`` the holder's process id, ``command`` its command line and
+    ``started`` when it took the file (ISO 8601); each is None when the holder had not written
+    it yet.
+    """
+
+    def __init__(self, path: Path, pid: int | None, command: str | None, started: str | None) -> None:
+        self.path = path
+        self.pid = pid
+        self.command = command
+        self.started = started
+        if pid is None:
+            who = "another process"
+        elif pid == os.getpid():
+            who = f"another run in this process (pid {pid})"
+        else:
+            who = f"another process: pid {pid}"
+        details = ", ".join(part for part in (
+            f"command {command}" if command else "", f"writing since {started}" if started else "") if part)
+        super().__init__(
+            f"{path} is being written by {who}{f' ({details})' if details else ''}; wait for it to finish or "
+            "stop it, then rerun to resume (a killed writer releases the file by itself)")
+
+
+def _lock_path(output: Path) -> Path:
+    """``<output>.lock`` beside the real file, so a symlink and its target share one lock."""
+    real = output.resolve()
+    return real.with_name(real.name + ".lock")
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    """What the holder wrote into the lock file; it writes just after locking, so wait a moment."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            record = json.loads(os.pread(fd, 65536, 0))
+            if isinstance(record, dict):
+                return record
+        except ValueError:
+            pass
+        if time.monotonic() > deadline:
+            return {}
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def hold_output(path: Path) -> Iterator[None]:
+    """Be the one writer of ``path`` for the block, or raise ``OutputLocked`` naming the holder.
+
+    An ``flock`` on ``<path>.lock``, which records the holder's pid, command line and start
+    time. The kernel releases it when the holder exits however it exits, so a stale file left by
+    ``kill -9`` blocks nobody. On Windows (no ``fcntl``) the block runs unguarded.
+    """
+    if sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    lock_path = _lock_path(path)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            pid = holder.get("pid")
+            raise OutputLocked(path, pid if isinstance(pid, int) else None, holder.get("command"),
+                               holder.get("started")) from None
+        # The last holder unlinks the file on release; if that happened between our open and our
+        # lock, ours is a lock on a file nobody else will open: take the one now at the path.
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        record = {"pid": os.getpid(), "command": shlex.join(sys.orig_argv)[:500],
+                  "started": datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)  # while still holding it: see the check above
+        os.close(fd)
+
+
 def done_ids(path: Path) -> set[str]:
     """Ids already in an output file, after cutting a torn last line (a killed writer's)."""
     if not path.exists():
@@ -352,9 +460,20 @@ def run_jsonl(
     rate_limit: float | None = None,
     progress: bool = True,
 ) -> BatchStats:
-    """Extract every input row not already in ``output_path``, appending each as it finishes."""
+    """Extract every input row not already in ``output_path``, appending each as it finishes.
+
+    Raises ``OutputLocked`` (a ``ConfigError``) when another live writer holds ``output_path``.
+    """
     compiled = compile_spec(spec)
     _check_pool(concurrency, rate_limit)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    # Held from before the torn-line cut and the resume scan: both must see a file nobody else writes.
+    with hold_output(output_path):
+        return _run_held(input_path, output_path, compiled, extractor, concurrency, rate_limit, progress)
+
+
+def _run_held(input_path: Path, output_path: Path, compiled: Spec, extractor: Extractor, concurrency: int,
+              rate_limit: float | None, progress: bool) -> BatchStats:
     finished = done_ids(output_path)
     stats = BatchStats()
     started = time.perf_counter()
@@ -370,7 +489,6 @@ def run_jsonl(
     # A first pass counts the work and finds duplicate ids before any call is made.
     remaining = sum(1 for ident, _ in read_inputs(input_path) if json.dumps(ident) not in finished)
     items = todo()
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     bar = progress_bar(
         "[red]{task.fields[failed]}[/] failed",
         "{task.fields[tokens]} tok", "${task.fields[cost]:.4f}", unit="docs",
