@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from extract import Extractor  # noqa: E402
-from extract.bench import BenchRun, _Item, _one, _resume  # noqa: E402
+from extract.front.bench import BenchRun, _Item, _one, _resume  # noqa: E402
 from extract.report import aggregate  # noqa: E402
 from extract.report.render import load_rows  # noqa: E402
 from schemas.address import Address  # noqa: E402

@@ -92,7 +92,7 @@ def long_text() -> None:
 
 
 def hooks(n: int = 2000) -> None:
-    from extract.observability import Runtime, TierCall
+    from extract.runtime.observability import Runtime, TierCall
     from extract.settings import Settings
     from extract.spec import compile_spec
     from extract.tiers.base import Task

@@ -3,8 +3,8 @@
 The public API is exactly ``__all__``; everything else may change.
 """
 
-from extract.authoring import CheckReport, check_spec
-from extract.batch import aextract_many, extract_many
+from extract.front.authoring import CheckReport, check_spec
+from extract.front.batch import aextract_many, extract_many
 from extract.errors import (
     ConfigError,
     ExtractError,
@@ -12,7 +12,7 @@ from extract.errors import (
     ProviderError,
     UnsupportedSchema,
 )
-from extract.observability import enable_event_log
+from extract.runtime.observability import enable_event_log
 from extract.pipeline import Extractor, aextract, extract
 from extract.settings import Price, Settings
 from extract.spec import Regex, Spec, compile_spec

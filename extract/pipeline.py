@@ -13,12 +13,12 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, Literal, TypeVar
 
-from extract.cache import lookup as cache_lookup
-from extract.cache import open_store
-from extract.chunking import run_chunked
+from extract.runtime.cache import lookup as cache_lookup
+from extract.runtime.cache import open_store
+from extract.runtime.chunking import run_chunked
 from extract.errors import ConfigError, ExtractionFailed, ProviderError, UnsupportedSchema
 from extract.examples import ExamplePool
-from extract.observability import Runtime
+from extract.runtime.observability import Runtime
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec
 from extract.tiers import Task, Tier, make_tier
@@ -86,7 +86,7 @@ class Extractor:
             raise ConfigError("examples_k is set but no examples pool was given (examples=[(text, answer), ...])")
         self.examples = (ExamplePool(examples, examples_k, select=examples_select, n_ctx=self.settings.n_ctx)
                          if examples is not None else None)
-        self.cache = open_store(self.settings)  # None with cache=False (extract.cache)
+        self.cache = open_store(self.settings)  # None with cache=False (extract.runtime.cache)
 
     def _plan(self, spec: Spec) -> tuple[list[Tier], list[Attempt]]:
         """Tiers that can run this spec, and a skipped Attempt for each that cannot."""
@@ -120,9 +120,9 @@ class Extractor:
     async def arun(self, text: str | bytes, spec: Any) -> Result:
         """Run the chain on one text; never raises for bad model output.
 
-        ``self.runtime`` (``extract.observability``) wraps it in a span and applies the budget,
+        ``self.runtime`` (``extract.runtime.observability``) wraps it in a span and applies the budget,
         PII redaction, prices and one log event per attempt; a text longer than the context
-        is split into chunks that each run this method (``extract.chunking``).
+        is split into chunks that each run this method (``extract.runtime.chunking``).
         """
         compiled = compile_spec(spec)
         clean = clean_text(text, self.settings.max_input_chars)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from pydantic import BaseModel
 
-from extract.budget import worst_case
+from extract.runtime.budget import worst_case
 from extract.errors import ConfigError
 from extract.pipeline import Extractor
 from extract.settings import Settings

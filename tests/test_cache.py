@@ -22,7 +22,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from extract import ConfigError, Extractor, extract_many
-from extract.cache import NEUTRAL_SETTINGS, cache_key, model_identity
+from extract.runtime.cache import NEUTRAL_SETTINGS, cache_key, model_identity
 from extract.providers.server import free_port
 from extract.spec import compile_spec
 from extract.testing.fault_proxy import FaultProxy

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from extract.chunking import merge_values, split_text
+from extract.runtime.chunking import merge_values, split_text
 from extract.errors import ConfigError
 from extract.pipeline import Extractor
 from extract.providers.local_model import load_local_model

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
-from extract.observability import Runtime, TierCall
-from extract.pii import iban_ok, luhn_ok, redact_pii, restore
+from extract.runtime.observability import Runtime, TierCall
+from extract.runtime.pii import iban_ok, luhn_ok, redact_pii, restore
 from extract.pipeline import Extractor
 from extract.settings import Settings
 from extract.spec import compile_spec

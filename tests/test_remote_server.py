@@ -25,7 +25,7 @@ def test_missing_model_file_is_a_config_error(tmp_path: Path) -> None:
 def test_extract_serve_answers_and_stops_on_interrupt() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-c", "from extract.cli import app; app()", "serve", "--port", str(port)],
+        [sys.executable, "-c", "from extract.front.cli import app; app()", "serve", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

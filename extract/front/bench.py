@@ -277,7 +277,7 @@ def _resume(path: Path) -> set[tuple[str, str, str, str]]:
 
 def _progress(total: int) -> Any:
     """A rich progress bar with rate and ETA on a terminal; nothing at all otherwise."""
-    from extract.batch import progress_bar
+    from extract.front.batch import progress_bar
 
     return progress_bar()
 

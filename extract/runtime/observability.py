@@ -3,9 +3,9 @@
 ``Runtime`` is held by one ``Extractor`` and called by the chain before and after each tier
 (``before_tier`` / ``after_tier``) and around each extraction (``extraction`` / ``finish``):
 
-- **budget** (``extract.budget``): the tier's worst case is reserved before it runs, or the tier
+- **budget** (``extract.runtime.budget``): the tier's worst case is reserved before it runs, or the tier
   is recorded as skipped with error type ``budget``; its real spend settles the reservation.
-- **PII** (``extract.pii``): with ``redact_pii``, a remote tier gets the text with placeholders
+- **PII** (``extract.runtime.pii``): with ``redact_pii``, a remote tier gets the text with placeholders
   and its values get the originals back (and are validated again).
 - **cost**: every Attempt's ``usage.cost_usd`` from ``Settings.prices`` (local models: 0;
   a remote model with no price: None, which is "unknown", not "free").
@@ -43,9 +43,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from extract.budget import Budget, Hold, budget_skip, price_for, worst_case
-from extract.chunking import current_chunk
-from extract.pii import Redaction, redact_pii, restore, restored_json
+from extract.runtime.budget import Budget, Hold, budget_skip, price_for, worst_case
+from extract.runtime.chunking import current_chunk
+from extract.runtime.pii import Redaction, redact_pii, restore, restored_json
 from extract.settings import Settings
 from extract.spec import Spec
 from extract.tiers import ENDPOINT_TIERS
@@ -134,7 +134,7 @@ def attempt_fields(attempt: Attempt) -> dict[str, Any]:
         "output_tokens": attempt.usage.output_tokens,
         "latency_s": round(attempt.latency_s, 4),
         "cost_usd": attempt.usage.cost_usd,
-        "cache_hit": attempt.meta.get("cache") == "hit",  # extract.cache marks a served hit so
+        "cache_hit": attempt.meta.get("cache") == "hit",  # extract.runtime.cache marks a served hit so
         "outcome": "skipped" if attempt.skipped else ("ok" if attempt.error is None else "error"),
         "error_type": attempt.error.type if attempt.error else None,
         "repaired": attempt.repaired,

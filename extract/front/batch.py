@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from extract.cache import result_from_json, result_to_json
+from extract.runtime.cache import result_from_json, result_to_json
 from extract.errors import ConfigError, ProviderError, UnsupportedSchema
 from extract.pipeline import Extractor, _run_sync
 from extract.spec import Spec, compile_spec
