@@ -29,7 +29,7 @@ __all__ = ["Extractor", "aextract", "extract"]
 T = TypeVar("T")
 
 
-def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from sync code, even inside a running loop (notebooks)."""
     try:
         asyncio.get_running_loop()
@@ -172,7 +172,7 @@ class Extractor:
 
     def run(self, text: str | bytes, spec: Any) -> Result:
         """Sync wrapper of ``arun``."""
-        return _run_sync(self.arun(text, spec))
+        return run_sync(self.arun(text, spec))
 
 
 async def aextract(text: str | bytes, spec: Any, **options: Any) -> Any:
@@ -185,4 +185,4 @@ async def aextract(text: str | bytes, spec: Any, **options: Any) -> Any:
 
 def extract(text: str | bytes, spec: Any, **options: Any) -> Any:
     """Sync ``aextract``: options are ``Extractor`` arguments (``tiers=``, ``examples=``, settings fields)."""
-    return _run_sync(aextract(text, spec, **options))
+    return run_sync(aextract(text, spec, **options))

@@ -30,7 +30,7 @@ from extract.errors import ConfigError, UnsupportedSchema
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec, local_constraint, max_output_chars
 from extract.spec.features import FEATURES, TIER_SUPPORT
-from extract.spec.grammar import _UNSUPPORTED, Grammar, grammar_problems
+from extract.spec.grammar import UNSUPPORTED_CONSTRUCTS, Grammar, grammar_problems
 from extract.tiers import REGISTRY, make_tier
 
 __all__ = ["CheckReport", "CompileTiming", "GrammarFindings", "SpecWarning", "TierVerdict", "check_spec"]
@@ -333,7 +333,7 @@ def _grammar_findings(text: str, start: str, source: str | None = None) -> Gramm
         lark_error = f"line {exc.line}, column {exc.column}: {str(exc).splitlines()[0]}"
     except lark.exceptions.LarkError as exc:
         lark_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    labels = {f: label for f, _, label in _UNSUPPORTED}
+    labels = {f: label for f, _, label in UNSUPPORTED_CONSTRUCTS}
     problems = [{"feature": f, "line": n, "text": line, "construct": labels[f]}
                 for f, n, line in grammar_problems(text)]
     llg_error: str | None = None
@@ -457,7 +457,7 @@ def _tokenizer(settings: Settings) -> Any:
     registry, else read from the GGUF with ``vocab_only`` (no weights loaded)."""
     from extract.providers import local_model
 
-    for model in local_model._REGISTRY.values():
+    for model in local_model.loaded_models():
         tok = getattr(model, "llg_tokenizer", None)
         if tok is not None:
             return tok

@@ -11,30 +11,16 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from extract.spec.model import Spec
 from extract.types import AttemptError
+from extract.validate.outcome import Checked
 from extract.validate.repair import RepairFailure, repair_syntax
 
 __all__ = ["Checked", "check", "parse_output", "validate_value"]
-
-
-@dataclass
-class Checked:
-    """The outcome of checking one raw output."""
-
-    value: Any = None
-    error: AttemptError | None = None
-    repaired: bool = False
-    repairs: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 def validate_value(data: Any, spec: Spec) -> tuple[Any, AttemptError | None]:

@@ -19,7 +19,7 @@ import lark
 from extract.spec.grammar import describe_parse_error
 from extract.spec.model import Spec
 from extract.types import AttemptError
-from extract.validate.check import Checked
+from extract.validate.outcome import Checked
 
 __all__ = ["check_grammar", "describe_parse_error"]
 
