@@ -88,8 +88,16 @@ def parse_output(raw: str | None, spec: Spec, *, truncated: bool = False) -> Che
     (Pydantic's, then guardrails-ai's with their ``on_fail`` mapped). Strict JSON that
     validates comes back as generated, with no repair. ``truncated`` says the generator stopped
     at its token limit: a failure is then reported as ``truncated``, because the cure differs
-    (a bigger budget, not a better model).
+    (a bigger budget, not a better model), and a success counts as repaired, never as valid as
+    generated (the repair closed what the limit cut): every tier gets that rule from here.
     """
+    checked = _parse(raw, spec, truncated)
+    if truncated and checked.error is None:
+        checked.repaired = True
+    return checked
+
+
+def _parse(raw: str | None, spec: Spec, truncated: bool) -> Checked:
     if raw is None or not raw.strip():
         return Checked(error=AttemptError(type="empty_output", message="the model returned no text"))
     if spec.kind == "grammar":
