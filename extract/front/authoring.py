@@ -28,7 +28,7 @@ import lark
 
 from extract.errors import ConfigError, UnsupportedSchema
 from extract.settings import Settings
-from extract.spec import Spec, compile_spec, local_constraint, max_output_chars
+from extract.spec import Spec, compile_spec, max_output_chars
 from extract.spec.features import FEATURES, TIER_SUPPORT
 from extract.spec.grammar import UNSUPPORTED_CONSTRUCTS, Grammar, grammar_problems
 from extract.tiers import REGISTRY, make_tier
@@ -294,20 +294,13 @@ def _verdict(name: str, spec: Spec, settings: Settings, configured: Sequence[str
 
 
 def _budgets(report: CheckReport, spec: Spec, settings: Settings, text: str) -> None:
-    from extract.tiers.native import closed_schema, output_budget
-
+    """Each tier's own declared output-token limit (``Tier.spend``), as the chain would use it;
+    the local one before a prompt takes its share of the context."""
     if spec.schema is not None:
         own = max_output_chars(spec.schema)
         report.max_output_chars = None if own >= _UNBOUNDED else own
-        # The local tier's rule (LocalTier._budget) without a prompt: the bound plus 8, capped
-        # by the context, or the max_tokens setting.
-        local = max_output_chars(local_constraint(spec, text)) + 8
-        report.local_max_tokens = settings.max_tokens or min(local, settings.n_ctx)
-        report.remote_max_tokens = output_budget(settings, closed_schema(spec, text))
-    else:
-        # A regex or a CFG has no length bound of its own: both sides cap at the default.
-        report.local_max_tokens = settings.max_tokens or 256
-        report.remote_max_tokens = output_budget(settings, None)
+    report.local_max_tokens = make_tier("local", settings).spend(spec, text).output_tokens
+    report.remote_max_tokens = make_tier("native", settings).spend(spec, text).output_tokens
 
 
 def _read_grammar(path: Path) -> tuple[GrammarFindings, Any]:
