@@ -13,11 +13,11 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, Literal, TypeVar
 
+from extract.errors import ConfigError, ExtractionFailed, ProviderError, UnsupportedSchema
+from extract.examples import ExamplePool, schema_examples, shown_examples
 from extract.runtime.cache import lookup as cache_lookup
 from extract.runtime.cache import open_store
 from extract.runtime.chunking import run_chunked
-from extract.errors import ConfigError, ExtractionFailed, ProviderError, UnsupportedSchema
-from extract.examples import ExamplePool, schema_examples, shown_examples
 from extract.runtime.observability import Runtime
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec

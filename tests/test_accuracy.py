@@ -14,9 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from extract import Extractor
 from extract.errors import ConfigError
-from extract.examples import ExamplePool, similarity
+from extract.examples import ExamplePool, schema_examples, similarity
 from extract.spec import compile_spec, local_constraint
-from extract.examples import schema_examples
 from extract.spec.prompt import CLOSE, OPEN, PROMPT_VERSION, build_messages
 from extract.spec.span_copy import copy_violations, word_spans
 from schemas.address import Address

@@ -9,13 +9,13 @@ from collections.abc import Callable
 import pytest
 from pydantic import BaseModel
 
-from extract.runtime.budget import worst_case
-from extract.tiers import make_tier
 from extract.errors import ConfigError
 from extract.pipeline import Extractor
+from extract.runtime.budget import worst_case
 from extract.settings import Settings
 from extract.spec import compile_spec
 from extract.testing.fault_proxy import FaultProxy
+from extract.tiers import make_tier
 from extract.types import Result
 
 # Two shared cores can be this busy: a retry after a client timeout spends tokens twice.

@@ -22,8 +22,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from extract import ConfigError, Extractor, extract_many
-from extract.runtime.cache import NEUTRAL_SETTINGS, cache_key, model_identity
 from extract.providers.server import free_port
+from extract.runtime.cache import NEUTRAL_SETTINGS, cache_key, model_identity
 from extract.spec import compile_spec
 from extract.testing.fault_proxy import FaultProxy
 

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
+from extract.pipeline import Extractor
 from extract.runtime.observability import Runtime, TierCall
 from extract.runtime.pii import iban_ok, luhn_ok, redact_pii, restore
-from extract.pipeline import Extractor
 from extract.settings import Settings
 from extract.spec import compile_spec
 from extract.testing.fault_proxy import FaultProxy

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from extract.runtime.cache import result_from_json, result_to_json
 from extract.errors import ConfigError, ProviderError, UnsupportedSchema
 from extract.pipeline import Extractor, run_sync
+from extract.runtime.cache import result_from_json, result_to_json
 from extract.spec import Spec, compile_spec
 from extract.types import Attempt, AttemptError, Result
 

@@ -27,7 +27,15 @@ from typing import Any
 
 from extract.spec.grammar import lark_literal
 from extract.spec.model import Spec
-from extract.spec.span_copy import TRAILING_PUNCTUATION, WORD, MAX_SPAN_WORDS, SPAN_DEF, squash_spaces, copy_paths, copy_violations
+from extract.spec.span_copy import (
+    MAX_SPAN_WORDS,
+    SPAN_DEF,
+    TRAILING_PUNCTUATION,
+    WORD,
+    copy_paths,
+    copy_violations,
+    squash_spaces,
+)
 from extract.types import AttemptError
 
 __all__ = ["ORDER_KEY", "order_violations", "ordered_fields", "ordered_lark", "span_violations", "wants_order"]

@@ -18,8 +18,6 @@ offending text), at most ``grammar_max_reasks`` times; every call is its own Att
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from typing import Any
 
