@@ -26,7 +26,8 @@ that model's tokenizer, exactly), else ``remote_context_tokens`` when set (token
 than it could be; a chunk the server still refuses is a ``provider_error`` attempt). With
 neither, remote texts go whole. Worked examples (``Extractor(examples=...)``) are not counted.
 
-This module imports no tier and not the pipeline (the Extractor is passed in).
+This module imports no concrete tier and not the pipeline (the Extractor is passed in); whether a
+tier is local is what the tier declares (``Tier.remote``).
 """
 
 from __future__ import annotations
