@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from extract import Extractor  # noqa: E402
-from extract.bench import BenchRun, _Item, _one, _resume  # noqa: E402
+from extract.front.bench import BenchItem, BenchRun, done_keys, item_rows  # noqa: E402
 from extract.report import aggregate  # noqa: E402
 from extract.report.render import load_rows  # noqa: E402
 from schemas.address import Address  # noqa: E402
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "attempts.jsonl"
-    done = _resume(path)
+    done = done_keys(path)
     server = None
     base_url = None
     if "native" in args.tier:
@@ -187,8 +187,8 @@ def run(args: argparse.Namespace) -> None:
                             spec = spec_for(row, dataset, config)
                             bench_run = BenchRun(data=Path(label), schema=f"ablation:{dataset}", spec=spec,
                                                  policies=[policy])
-                            bench_run_rows = _one(bench_run, policy, extractors[group], [],
-                                                  _Item(str(row["id"]), n + 1, {**row, "gold": _gold(row)}))
+                            bench_run_rows = item_rows(bench_run, policy, extractors[group], [],
+                                                  BenchItem(str(row["id"]), n + 1, {**row, "gold": _gold(row)}))
                             for r in bench_run_rows:
                                 r["data"] = label
                             sink.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in bench_run_rows))

@@ -31,10 +31,12 @@ def p50(xs: list[float]) -> float:
 
 
 def measure(backend: str, n: int, decoder: str) -> dict[str, object]:
-    from extract.providers.local_model import Constraint, _compile_grammar, load_local_model
+    from extract.examples import schema_examples
+    from extract.providers.decoding import clear_compiled_grammars
+    from extract.providers.local_model import Constraint, load_local_model
     from extract.settings import Settings
     from extract.spec import compile_spec, local_constraint
-    from extract.spec.compile import _constraint
+    from extract.spec.compile import clear_constraint_cache
     from extract.spec.prompt import build_messages
     from schemas.address import Address
     from schemas.citation import Citation
@@ -56,8 +58,8 @@ def measure(backend: str, n: int, decoder: str) -> dict[str, object]:
     specs = [Address, Citation, Invoice, *INTENT_MODELS.values()]
     cold, warm = [], []
     for s in specs:
-        _constraint.cache_clear()
-        _compile_grammar.cache_clear()
+        clear_constraint_cache()
+        clear_compiled_grammars()
         t = time.perf_counter()
         g = Constraint("json_schema", local_constraint(compile_spec(s), "x" * 40))
         llguidance.LLMatcher(tokenizer, g.compile())
@@ -68,7 +70,7 @@ def measure(backend: str, n: int, decoder: str) -> dict[str, object]:
             llguidance.LLMatcher(tokenizer, g.compile())
             warm.append(time.perf_counter() - t)
 
-    prompts = [model.render(build_messages(spec, r["text"])) for r in rows]
+    prompts = [model.render(build_messages(spec, r["text"], schema_examples(spec))) for r in rows]
     grammars = [Constraint("json_schema", local_constraint(spec, r["text"])) for r in rows]
     model.generate(prompts[0], grammars[0], 64)  # warm-up: first decode allocates buffers
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from extract.cli import app  # noqa: E402
+from extract.front.cli import app  # noqa: E402
 
 if __name__ == "__main__":
     sys.argv = [sys.argv[0], "bench", *sys.argv[1:]]

@@ -92,15 +92,16 @@ def long_text() -> None:
 
 
 def hooks(n: int = 2000) -> None:
-    from extract.observability import Runtime, TierCall
+    from extract.runtime.observability import Runtime, TierCall
     from extract.settings import Settings
     from extract.spec import compile_spec
+    from extract.tiers import make_tier
     from extract.tiers.base import Task
     from extract.types import Attempt, ModelInfo, Usage
 
     settings = Settings.resolve(base_url="http://127.0.0.1:9/v1", budget_tokens=10**12,
                                 prices={"*": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}})
-    runtime = Runtime(settings, ["native"])
+    runtime = Runtime(settings, [native := make_tier("native", settings)])
     spec = compile_spec({"type": "object", "properties": {"a": {"type": "string"}}})
     task = Task(text="a text", spec=spec, settings=settings)
 
@@ -108,7 +109,7 @@ def hooks(n: int = 2000) -> None:
         started = time.perf_counter()
         with runtime.extraction(spec, task.text):
             for _ in range(n):
-                call = runtime.before_tier("native", task)
+                call = runtime.before_tier(native, task)
                 assert isinstance(call, TierCall)
                 attempt = Attempt(tier="native", model=ModelInfo(name="m"), usage=Usage.of(100, 20), latency_s=0.5)
                 runtime.after_tier(call, [attempt])

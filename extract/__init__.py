@@ -3,8 +3,6 @@
 The public API is exactly ``__all__``; everything else may change.
 """
 
-from extract.authoring import CheckReport, check_spec
-from extract.batch import aextract_many, extract_many
 from extract.errors import (
     ConfigError,
     ExtractError,
@@ -12,8 +10,10 @@ from extract.errors import (
     ProviderError,
     UnsupportedSchema,
 )
-from extract.observability import enable_event_log
+from extract.front.authoring import CheckReport, check_spec
+from extract.front.batch import aextract_many, extract_many
 from extract.pipeline import Extractor, aextract, extract
+from extract.runtime.observability import enable_event_log
 from extract.settings import Price, Settings
 from extract.spec import Regex, Spec, compile_spec
 from extract.spec.grammar import Grammar, sql_grammar_for_sqlite

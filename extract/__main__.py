@@ -1,5 +1,5 @@
 """``python -m extract`` is the ``extract`` console script."""
 
-from extract.cli import app
+from extract.front.cli import app
 
 app()

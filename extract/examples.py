@@ -19,15 +19,17 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from extract.errors import ConfigError
 from extract.spec.model import Spec
+from extract.spec.prompt import Example
+from extract.validate.check import validate_value
 
-__all__ = ["DEFAULT_K", "Example", "ExamplePool", "Measure", "schema_examples", "similarity"]
+__all__ = ["DEFAULT_K", "Example", "ExamplePool", "Measure", "schema_examples", "shown_examples", "similarity"]
 
 # Measured on usaddress dev (benchmarks/ablation.py): more examples help up to the point
 # where prompt evaluation time dominates; see the closing table in the README.
@@ -37,19 +39,6 @@ DEFAULT_K = 6
 _CHARS_PER_TOKEN = 3
 Measure = Literal["words", "char3", "shape"]
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One worked example: a text and the answer for it, as compact JSON in schema key order."""
-
-    text: str
-    answer: str
-    index: int  # position in the user's pool; -1 for examples carried in the schema
-
-    @property
-    def size(self) -> int:
-        return len(self.text) + len(self.answer)
 
 
 def _shape(token: str) -> str:
@@ -92,8 +81,6 @@ def _ordered(value: Any, schema: dict[str, Any]) -> Any:
 
 
 def _answer(obj: Any, spec: Spec, where: str) -> str:
-    from extract.validate.check import validate_value
-
     if isinstance(obj, BaseModel):
         if spec.model is not None and not isinstance(obj, spec.model):
             raise ConfigError(f"{where} is a {type(obj).__name__}, not a {spec.model.__name__}")
@@ -117,14 +104,20 @@ def _budget_chars(n_ctx: int) -> int:
 
 
 def schema_examples(spec: Spec) -> list[Example]:
-    """Examples carried in the schema (``json_schema_extra={"examples": [...]}`` on the model).
+    """Examples carried in the schema (``json_schema_extra={"examples": [...]}`` on the model),
+    validated once per spec (a bad one is a ``ConfigError`` naming its index).
 
     An entry ``{"text": ..., "value": {...}}`` is a worked pair; a bare instance becomes a pair
     whose text is its values in field order, so a schema author can show the answer's shape
     without writing a document.
     """
+    return list(_schema_examples(spec))
+
+
+@lru_cache(maxsize=256)
+def _schema_examples(spec: Spec) -> tuple[Example, ...]:
     if spec.schema is None:
-        return []
+        return ()
     out = []
     props = spec.schema.get("properties") or {}
     for i, entry in enumerate(spec.schema.get("examples") or []):
@@ -137,7 +130,13 @@ def schema_examples(spec: Spec) -> list[Example]:
         if not isinstance(text, str) or not text.strip():
             continue
         out.append(Example(text, _answer(value, spec, f"schema example {i}"), -1))
-    return out
+    return tuple(out)
+
+
+def shown_examples(spec: Spec, text: str, pool: ExamplePool | None) -> list[Example]:
+    """Every worked example a prompt for ``text`` shows: the schema's own, then the pool's
+    choice. Computed once per extraction and carried on the task."""
+    return [*schema_examples(spec), *(pool.choose(text, spec) if pool is not None else [])]
 
 
 class ExamplePool:
@@ -180,6 +179,10 @@ class ExamplePool:
         self.measure: Measure = measure
         self.budget = _budget_chars(n_ctx)
         self._prepared: dict[str, tuple[list[Example], list[Counter[str]]]] = {}
+
+    def identity(self) -> dict[str, Any]:
+        """What the result cache keys on: the pairs and how they are chosen."""
+        return {"raw": self.raw, "k": self.k, "select": self.select, "measure": self.measure}
 
     def prepare(self, spec: Spec) -> list[Example]:
         """The pool validated against ``spec`` (once per spec), or a ConfigError naming the example."""

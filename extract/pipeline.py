@@ -13,12 +13,12 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, Literal, TypeVar
 
-from extract.cache import lookup as cache_lookup
-from extract.cache import open_store
-from extract.chunking import run_chunked
 from extract.errors import ConfigError, ExtractionFailed, ProviderError, UnsupportedSchema
-from extract.examples import ExamplePool
-from extract.observability import Runtime
+from extract.examples import ExamplePool, schema_examples, shown_examples
+from extract.runtime.cache import lookup as cache_lookup
+from extract.runtime.cache import open_store
+from extract.runtime.chunking import run_chunked
+from extract.runtime.observability import Runtime
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec
 from extract.tiers import Task, Tier, make_tier
@@ -29,7 +29,7 @@ __all__ = ["Extractor", "aextract", "extract"]
 T = TypeVar("T")
 
 
-def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from sync code, even inside a running loop (notebooks)."""
     try:
         asyncio.get_running_loop()
@@ -81,12 +81,12 @@ class Extractor:
         self.settings = Settings.resolve(tiers=list(tiers) if tiers else None, **settings)
         self.tier_names = self.settings.default_tiers()
         self.tiers: list[Tier] = [make_tier(name, self.settings) for name in self.tier_names]
-        self.runtime = Runtime(self.settings, self.tier_names)  # budget, PII, cost, logs, spans
+        self.runtime = Runtime(self.settings, self.tiers)  # budget, PII, cost, logs, spans
         if examples is None and examples_k is not None:
             raise ConfigError("examples_k is set but no examples pool was given (examples=[(text, answer), ...])")
         self.examples = (ExamplePool(examples, examples_k, select=examples_select, n_ctx=self.settings.n_ctx)
                          if examples is not None else None)
-        self.cache = open_store(self.settings)  # None with cache=False (extract.cache)
+        self.cache = open_store(self.settings)  # None with cache=False (extract.runtime.cache)
 
     def _plan(self, spec: Spec) -> tuple[list[Tier], list[Attempt]]:
         """Tiers that can run this spec, and a skipped Attempt for each that cannot."""
@@ -120,24 +120,28 @@ class Extractor:
     async def arun(self, text: str | bytes, spec: Any) -> Result:
         """Run the chain on one text; never raises for bad model output.
 
-        ``self.runtime`` (``extract.observability``) wraps it in a span and applies the budget,
+        ``self.runtime`` (``extract.runtime.observability``) wraps it in a span and applies the budget,
         PII redaction, prices and one log event per attempt; a text longer than the context
-        is split into chunks that each run this method (``extract.chunking``).
+        is split into chunks that each run this method (``extract.runtime.chunking``).
         """
         compiled = compile_spec(spec)
         clean = clean_text(text, self.settings.max_input_chars)
+        # Worked examples are validated here, once per spec: a bad one is a ConfigError before
+        # any model loads, and every prompt after this shows them as given.
+        own = schema_examples(compiled)
         if self.examples is not None:
-            self.examples.prepare(compiled)  # a bad example is a ConfigError before any model loads
+            self.examples.prepare(compiled)
         with self.runtime.extraction(compiled, clean):
-            chunked = await run_chunked(self, clean, compiled)
+            chunked = await run_chunked(self, clean, compiled, own)
             return self.runtime.finish(chunked if chunked is not None else await self._chain(compiled, clean))
 
     async def _chain(self, compiled: Spec, clean: str) -> Result:
-        cached = await cache_lookup(self, compiled, clean)
+        cached = await cache_lookup(self.cache, compiled, clean, settings=self.settings, tiers=self.tiers,
+                                    examples=self.examples.identity() if self.examples is not None else None)
         if cached.result is not None:
             return cached.result  # no model call: the same work was done before
         usable, skipped = self._plan(compiled)
-        shown = self.examples.choose(clean, compiled) if self.examples is not None else []
+        shown = shown_examples(compiled, clean, self.examples)
         result = Result(attempts=list(skipped))
         deadline = (
             time.monotonic() + self.settings.deadline_s if self.settings.deadline_s is not None else None
@@ -145,7 +149,7 @@ class Extractor:
         for tier in usable:
             task = Task(text=clean, spec=compiled, settings=self.settings,
                         history=list(result.attempts), deadline=deadline, examples=shown)
-            call = self.runtime.before_tier(tier.name, task)
+            call = self.runtime.before_tier(tier, task)
             if isinstance(call, Attempt):  # skipped: the budget cannot cover this tier's worst case
                 result.attempts.append(call)
                 continue
@@ -172,7 +176,7 @@ class Extractor:
 
     def run(self, text: str | bytes, spec: Any) -> Result:
         """Sync wrapper of ``arun``."""
-        return _run_sync(self.arun(text, spec))
+        return run_sync(self.arun(text, spec))
 
 
 async def aextract(text: str | bytes, spec: Any, **options: Any) -> Any:
@@ -185,4 +189,4 @@ async def aextract(text: str | bytes, spec: Any, **options: Any) -> Any:
 
 def extract(text: str | bytes, spec: Any, **options: Any) -> Any:
     """Sync ``aextract``: options are ``Extractor`` arguments (``tiers=``, ``examples=``, settings fields)."""
-    return _run_sync(aextract(text, spec, **options))
+    return run_sync(aextract(text, spec, **options))

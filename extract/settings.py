@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     cache_dir: Path | None = None
     cache: bool = Field(
         default=True,
-        description="Serve a repeated extraction from the result cache (extract.cache) instead "
+        description="Serve a repeated extraction from the result cache (extract.runtime.cache) instead "
         "of calling a model; only successful Results are stored.",
     )
     cache_url: str | None = Field(
@@ -181,7 +181,7 @@ class Settings(BaseSettings):
         default=None, gt=0, description="Wall-clock budget for one extraction (Task.deadline)."
     )
 
-    # Runtime: cost, budget, long texts, untrusted input (extract.budget/chunking/pii) -----
+    # Runtime: cost, budget, long texts, untrusted input (extract.runtime.budget/chunking/pii) -----
     prices: dict[str, Price] = Field(
         default_factory=dict,
         description="$ per 1M tokens by endpoint name ('default', 'backup'), served model name, "

@@ -17,7 +17,7 @@ __all__ = ["Attempt", "AttemptError", "Chunk", "ModelInfo", "Result", "Usage"]
 class Usage(BaseModel):
     """Tokens spent; ``total_tokens`` is kept explicit because providers report it.
 
-    ``cost_usd`` is set by ``extract.observability.price`` from ``Settings.prices``: None means
+    ``cost_usd`` is set by ``extract.runtime.observability.price`` from ``Settings.prices``: None means
     "no price known" (not free), so a sum stays None only when nothing in it was priced.
     """
 
@@ -132,11 +132,11 @@ class Result(BaseModel):
     value: Any = None
     tier: str | None = None
     attempts: list[Attempt] = Field(default_factory=list)
-    # A chunked text (extract.chunking): every chunk with its span, and each scalar the chunks
+    # A chunked text (extract.runtime.chunking): every chunk with its span, and each scalar the chunks
     # disagreed on ({"path", "chosen", "values": [{"chunk", "value"}]}).
     chunks: list[Chunk] = Field(default_factory=list)
     conflicts: list[dict[str, Any]] = Field(default_factory=list)
-    # Served from the result cache (extract.cache): no model was called for this Result.
+    # Served from the result cache (extract.runtime.cache): no model was called for this Result.
     cache_hit: bool = False
 
     @property

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from extract.cli import app
+from extract.front.cli import app
 from tests.conftest import DATA, REPO, read_jsonl
 
 runner = CliRunner()
@@ -145,7 +145,7 @@ def test_killed_run_resumes_without_redoing_an_item(tmp_path: Path) -> None:
     resumed = json.loads((out / "summary.json").read_text(encoding="utf-8"))
 
     # The same items, uninterrupted, in this process: greedy decoding gives the same bytes.
-    from extract.bench import BenchRun, run_bench
+    from extract.front.bench import BenchRun, run_bench
     from schemas.address import Address
 
     ref = run_bench([BenchRun(data=data, schema="schemas.address:Address", spec=Address, policies=["local"])],

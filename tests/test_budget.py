@@ -9,12 +9,13 @@ from collections.abc import Callable
 import pytest
 from pydantic import BaseModel
 
-from extract.budget import worst_case
 from extract.errors import ConfigError
 from extract.pipeline import Extractor
+from extract.runtime.budget import worst_case
 from extract.settings import Settings
 from extract.spec import compile_spec
 from extract.testing.fault_proxy import FaultProxy
+from extract.tiers import make_tier
 from extract.types import Result
 
 # Two shared cores can be this busy: a retry after a client timeout spends tokens twice.
@@ -47,7 +48,7 @@ def test_token_budget_stops_calls_under_concurrency(
     proxy: FaultProxy, remote_settings: Callable[..., Settings]
 ) -> None:
     spec = compile_spec(Person)
-    worst = max(worst_case("native", remote_settings(timeout_s=SLOW_OK), spec, t)[0] for t in TEXTS)
+    worst = max(worst_case(make_tier("native", s := remote_settings(timeout_s=SLOW_OK)), s, spec, t)[0] for t in TEXTS)
     cap = worst * 5 // 2  # room for two calls' worst case held at once, not three
     _warm(proxy, remote_settings(timeout_s=SLOW_OK))
     settings = remote_settings(timeout_s=SLOW_OK, budget_tokens=cap)
@@ -73,7 +74,7 @@ def test_token_budget_stops_calls_under_concurrency(
     # only while the next worst case fits.
     before = budget.spent_tokens
     more = extractor.run(TEXTS[0], Person)
-    fits = before + worst_case("native", extractor.settings, spec, TEXTS[0])[0] <= cap
+    fits = before + worst_case(extractor.tiers[0], extractor.settings, spec, TEXTS[0])[0] <= cap
     assert more.ok == fits
     assert (proxy.stats()["chat"] == 3) == fits
     assert budget.spent_tokens <= cap
@@ -85,7 +86,7 @@ def test_dollar_budget_and_unpriced_tier(proxy: FaultProxy, remote_settings: Cal
 
     price = {"input_per_mtok": 2.0, "output_per_mtok": 8.0}
     base = remote_settings(timeout_s=SLOW_OK, prices={"default": price})
-    _, worst_usd = worst_case("native", base, compile_spec(Person), TEXTS[0])
+    _, worst_usd = worst_case(make_tier("native", base), base, compile_spec(Person), TEXTS[0])
     assert worst_usd > 0
     # One worst case fits; after any real spend, a second no longer does.
     settings = remote_settings(timeout_s=SLOW_OK, prices={"default": price}, budget_usd=worst_usd * 1.0001)

@@ -22,8 +22,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from extract import ConfigError, Extractor, extract_many
-from extract.cache import NEUTRAL_SETTINGS, cache_key, model_identity
 from extract.providers.server import free_port
+from extract.runtime.cache import NEUTRAL_SETTINGS, cache_key, model_identity
 from extract.spec import compile_spec
 from extract.testing.fault_proxy import FaultProxy
 
@@ -36,6 +36,12 @@ TEXTS = ["I live in Oslo.", "We moved to Rome.", "Greetings from Lyon."]
 class Place(BaseModel):
     city: str = Field(max_length=24)
 
+
+
+async def _key(chain: Extractor, spec: Any, text: str) -> str:
+    """The key ``chain`` would look up: the cache receives its settings, tiers and pool identity."""
+    pool = chain.examples.identity() if chain.examples is not None else None
+    return await cache_key(spec, text, settings=chain.settings, tiers=chain.tiers, examples=pool)
 
 def options(proxy: FaultProxy, tmp: Path, **extra: Any) -> dict[str, Any]:
     return {"tiers": ["native"], "base_url": proxy.base_url, "model": "local", "max_tokens": 12,
@@ -113,7 +119,7 @@ def test_key_covers_what_changes_output_and_nothing_else(tmp_path: Path) -> None
     spec = compile_spec(CITY)
 
     def key(text: str = "I live in Oslo.", spec: Any = spec, **changes: Any) -> str:
-        return asyncio.run(cache_key(Extractor(**{**base, **changes}), spec, text))
+        return asyncio.run(_key(Extractor(**{**base, **changes}), spec, text))
 
     same = key()
     assert same == key() and len(same) == 64
@@ -138,12 +144,12 @@ def test_local_model_key_names_the_weights(tmp_path: Path) -> None:
 
     chain = Extractor(tiers=["local"], cache_dir=tmp_path)
     spec = compile_spec(CITY)
-    key = asyncio.run(cache_key(chain, spec, "I live in Oslo."))
+    key = asyncio.run(_key(chain, spec, "I live in Oslo."))
     digest = file_digest(embedded_model_path())
     assert digest.startswith("sha256:")
-    assert asyncio.run(model_identity(chain)) == [["local", "llamacpp", digest]]
+    assert asyncio.run(model_identity(chain.tiers)) == [["local", "llamacpp", digest]]
     smaller = Extractor(tiers=["local"], n_ctx=1024, cache_dir=tmp_path)
-    assert key != asyncio.run(cache_key(smaller, spec, "I live in Oslo."))
+    assert key != asyncio.run(_key(smaller, spec, "I live in Oslo."))
 
 
 def test_redis_cache_is_shared_between_extractors(proxy: FaultProxy, tmp_path: Path, redis_url: str) -> None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
 from extract import ConfigError, check_spec, compile_spec
-from extract.cli import app
+from extract.front.cli import app
 from extract.spec.features import TIER_SUPPORT
 from extract.tiers import REGISTRY
 

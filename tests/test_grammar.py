@@ -29,7 +29,8 @@ from extract.spec.grammar import json_unsafe_terminals
 from extract.tiers.base import Task
 from extract.tiers.instructor import InstructorTier
 from extract.tiers.local import LocalTier
-from extract.tiers.native import NativeTier, closed_schema
+from extract.tiers.native import NativeTier
+from extract.tiers.remote import closed_schema
 from extract.tiers.repair import RepairTier
 from extract.types import Attempt
 from extract.validate import check

@@ -19,7 +19,7 @@ from extract.settings import Settings
 from extract.spec import compile_spec
 from extract.spec.prompt import SYSTEM, build_messages
 from extract.testing.fault_proxy import FaultProxy
-from extract.tiers.native import closed_schema
+from extract.tiers.remote import closed_schema
 from extract.types import Result
 from tests.conftest import read_jsonl
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from extract.chunking import merge_values, split_text
 from extract.errors import ConfigError
 from extract.pipeline import Extractor
 from extract.providers.local_model import load_local_model
+from extract.runtime.chunking import merge_values, split_text
 
 
 class Roster(BaseModel):

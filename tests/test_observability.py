@@ -13,8 +13,8 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel
 
-from extract.observability import EVENT_LOGGER, attempt_fields, enable_event_log
 from extract.pipeline import Extractor
+from extract.runtime.observability import EVENT_LOGGER, attempt_fields, enable_event_log
 from extract.settings import Settings
 from extract.testing.fault_proxy import FaultProxy
 from tests.otel_spans import span_exporter

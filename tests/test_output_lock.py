@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from extract import ConfigError, Extractor
-from extract.batch import OutputLocked, hold_output, run_jsonl
+from extract.front.batch import OutputLocked, hold_output, run_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 CITY = {
@@ -75,7 +75,7 @@ def _ids(out: Path) -> list[str]:
 HOLDER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from extract.batch import hold_output
+    from extract.front.batch import hold_output
 
     with hold_output(Path(sys.argv[1])):
         print("held", flush=True)

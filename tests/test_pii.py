@@ -8,12 +8,13 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field
 
-from extract.observability import Runtime, TierCall
-from extract.pii import iban_ok, luhn_ok, redact_pii, restore
 from extract.pipeline import Extractor
+from extract.runtime.observability import Runtime, TierCall
+from extract.runtime.pii import iban_ok, luhn_ok, redact_pii, restore
 from extract.settings import Settings
 from extract.spec import compile_spec
 from extract.testing.fault_proxy import FaultProxy
+from extract.tiers import make_tier
 from extract.tiers.base import Task
 from extract.types import Attempt
 
@@ -83,12 +84,14 @@ def test_placeholders_in_a_remote_value_come_back_validated() -> None:
     """The restore step the chain runs after a remote tier, on what a model that copies the
     placeholders writes (SmolLM2-135M rarely copies them, so the real run above cannot show it)."""
     red = redact_pii(TEXT)
-    runtime = Runtime(Settings.resolve(redact_pii=True), ["native"])
+    settings = Settings.resolve(redact_pii=True)
+    native = make_tier("native", settings)
+    runtime = Runtime(settings, [native])
     spec = compile_spec(Contact)
     raw = json.dumps({"name": "Jane Doe", "email": "pii-email-1@redacted.invalid", "phone": "[PHONE_1]"})
     attempt = Attempt(tier="native", raw=raw, value=Contact.model_validate_json(raw))
     task = Task(text=TEXT, spec=spec, settings=runtime.settings)
-    call = runtime.before_tier("native", task)
+    call = runtime.before_tier(native, task)
     assert isinstance(call, TierCall) and call.task.text == red.text and call.redaction is not None
     (done,) = runtime.after_tier(call, [attempt])
     assert done.ok and done.value == Contact(name="Jane Doe", email=EMAIL, phone=PHONE)
@@ -98,7 +101,7 @@ def test_placeholders_in_a_remote_value_come_back_validated() -> None:
         email: str = Field(pattern="redacted")
 
     short = compile_spec(Short)
-    call = runtime.before_tier("native", Task(text=TEXT, spec=short, settings=runtime.settings))
+    call = runtime.before_tier(native, Task(text=TEXT, spec=short, settings=runtime.settings))
     assert isinstance(call, TierCall)
     bad = Attempt(tier="native", raw='{"email": "pii-email-1@redacted.invalid"}',
                   value=Short(email="pii-email-1@redacted.invalid"))

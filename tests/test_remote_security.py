@@ -95,8 +95,8 @@ def test_key_never_in_event_log_traces_or_bench_report(
 
     from typer.testing import CliRunner
 
-    from extract.cli import app
-    from extract.observability import EVENT_LOGGER, REDACTED, enable_event_log, redact_secrets, secrets_of
+    from extract.front.cli import app
+    from extract.runtime.observability import EVENT_LOGGER, REDACTED, enable_event_log, redact_secrets, secrets_of
     from tests.otel_spans import span_exporter, span_text
 
     caplog.set_level(logging.DEBUG)

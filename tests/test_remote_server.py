@@ -25,7 +25,7 @@ def test_missing_model_file_is_a_config_error(tmp_path: Path) -> None:
 def test_extract_serve_answers_and_stops_on_interrupt() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-c", "from extract.cli import app; app()", "serve", "--port", str(port), "--threads", "1"],
+        [sys.executable, "-m", "extract", "serve", "--port", str(port), "--threads", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -55,7 +55,7 @@ def test_extract_serve_refuses_a_file_that_is_not_a_gguf(tmp_path: Path) -> None
     bogus = tmp_path / "weights.bin"
     bogus.write_bytes(b"PK\x03\x04 not a model")
     proc = subprocess.run(
-        [sys.executable, "-c", "from extract.cli import app; app()", "serve", "--model", str(bogus), "--port", "0"],
+        [sys.executable, "-m", "extract", "serve", "--model", str(bogus), "--port", "0"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr

@@ -10,8 +10,9 @@ vocabulary into a candidates array and runs a sampler chain in Python on every t
 (measured: ~3.5 ms a token on top of the ~0.4 ms the llguidance mask costs, 0.77x the
 unconstrained speed). Greedy decoding needs none of that: fill the llguidance bitmask, mask
 the logits in place, take the argmax, and feed grammar-forced tokens to llama.cpp in one
-batch. The grammar is still compiled by llguidance through Outlines' backend tokenizer, and
-``decoder="outlines"`` keeps Outlines' own Generator path for comparison.
+batch. llguidance reads the tokenizer straight from llama.cpp's vocabulary; Outlines is
+imported only for ``decoder="outlines"``, which keeps its own Generator path for comparison
+(importing it costs 2 s, and 8 s once the transformers extra has installed torch).
 
 This module imports no tier.
 """
@@ -20,18 +21,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
 import importlib.metadata
 import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from extract.errors import ConfigError, ProviderError
+from extract.providers.decoding import Constraint, Generation, file_digest, outlines_processor
 from extract.settings import Settings
 from extract.types import ModelInfo
 
@@ -46,6 +45,7 @@ __all__ = [
     "gguf_architecture",
     "llama_load_params",
     "load_local_model",
+    "loaded_models",
 ]
 
 # llama.cpp's CPU backend runs on OpenMP, whose threads busy-wait between parallel regions
@@ -56,7 +56,6 @@ __all__ = [
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GrammarKind = Literal["json_schema", "regex", "lark"]
 
 
 def embedded_model_path() -> Path:
@@ -181,88 +180,6 @@ def _architecture_hint(path: Path) -> str:
     if arch is None:
         return ""
     return f" (its architecture is {arch!r}; this llama.cpp build may not know it)"
-
-
-@lru_cache(maxsize=16)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()[:16]
-
-
-def file_digest(path: Path) -> str:
-    """A digest of the weights, so each result is tied to the exact file that produced it."""
-    if path.is_dir():
-        parts = sorted(p for p in path.rglob("*") if p.is_file())
-        h = hashlib.sha256()
-        for p in parts:
-            h.update(p.name.encode())
-            h.update(_digest(str(p), p.stat().st_size, p.stat().st_mtime_ns).encode())
-        return "sha256:" + h.hexdigest()[:16]
-    st = path.stat()
-    return _digest(str(path), st.st_size, st.st_mtime_ns)
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """A constraint in one of the three forms llguidance compiles."""
-
-    kind: GrammarKind
-    text: str
-
-    def compile(self) -> str:
-        """The llguidance grammar for this constraint (cached; raises on an invalid one)."""
-        return _compile_grammar(self.kind, self.text)
-
-    def problems(self) -> list[str]:
-        """Why llguidance cannot enforce this constraint fully; empty when it can.
-
-        A key llguidance does not implement is only a warning to llguidance (it decodes
-        without enforcing it), but an unenforced keyword is a broken promise to the user,
-        so both errors and "Unimplemented keys" warnings count.
-        """
-        return list(_grammar_problems(self.kind, self.text))
-
-
-@lru_cache(maxsize=512)
-def _grammar_problems(kind: GrammarKind, text: str) -> tuple[str, ...]:
-    import llguidance
-
-    try:
-        compiled = _compile_grammar(kind, text)
-    except (ValueError, RuntimeError) as exc:
-        return (str(exc),)
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(compiled)
-    if is_error:
-        return tuple(messages) or ("llguidance rejected the grammar",)
-    return tuple(m for m in messages if "Unimplemented" in m or "unimplemented" in m)
-
-
-@lru_cache(maxsize=512)
-def _compile_grammar(kind: GrammarKind, text: str) -> str:
-    import llguidance
-
-    if kind == "json_schema":
-        grammar: str = llguidance.LLMatcher.grammar_from_json_schema(text)
-    elif kind == "regex":
-        grammar = llguidance.LLMatcher.grammar_from_regex(text)
-    else:
-        grammar = llguidance.LLMatcher.grammar_from_lark(text)
-    return grammar
-
-
-@dataclass
-class Generation:
-    """What one decode produced."""
-
-    text: str
-    input_tokens: int
-    output_tokens: int
-    finish_reason: str  # "stop" (EOS or grammar complete) or "length"
-    seconds: float
-    forced_tokens: int = 0
 
 
 class LocalModel(Protocol):
@@ -495,7 +412,7 @@ class LlamaCppModel:
         outlines_model, backend = self._outlines_parts()
         processor = None
         if grammar is not None:
-            processor = _outlines_processor(backend, grammar)
+            processor = outlines_processor(backend, grammar)
             processor.reset()
         outlines_model.type_adapter.has_chat_template = False
         text = outlines_model.generate(
@@ -546,14 +463,6 @@ def _llg_tokenizer(vocab: Any) -> Any:
     )
 
 
-def _outlines_processor(backend: Any, grammar: Constraint) -> Any:
-    if grammar.kind == "json_schema":
-        return backend.get_json_schema_logits_processor(grammar.text)
-    if grammar.kind == "regex":
-        return backend.get_regex_logits_processor(grammar.text)
-    return backend.get_cfg_logits_processor(grammar.text)
-
-
 _REGISTRY: dict[tuple[Any, ...], LocalModel] = {}
 _REGISTRY_LOCK = threading.Lock()
 
@@ -584,3 +493,9 @@ def load_local_model(settings: Settings) -> LocalModel:
                 model = LlamaCppModel(path, settings)
             _REGISTRY[key] = model
     return model
+
+
+def loaded_models() -> list[LocalModel]:
+    """The models this process has loaded so far (none are loaded by asking)."""
+    with _REGISTRY_LOCK:
+        return list(_REGISTRY.values())

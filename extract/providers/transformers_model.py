@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from extract.errors import ConfigError
-from extract.providers.local_model import Constraint, Generation, _outlines_processor, file_digest
+from extract.providers.decoding import Constraint, Generation, file_digest, outlines_processor
 from extract.settings import Settings
 from extract.types import ModelInfo
 
@@ -111,7 +111,7 @@ class TransformersModel:
         max_tokens = min(max_tokens, self.n_ctx - n_in)
         processor: Any = None
         if grammar is not None:
-            processor = _outlines_processor(self._backend, grammar)
+            processor = outlines_processor(self._backend, grammar)
         with self._lock:
             text = self.outlines_model.generate(
                 prompt, processor, max_new_tokens=max_tokens, do_sample=False

@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 # Constructs lark accepts but llguidance does not: found by line, named in the error.
-_UNSUPPORTED: tuple[tuple[str, re.Pattern[str], str], ...] = (
+UNSUPPORTED_CONSTRUCTS: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("grammar_priority", re.compile(r"^\s*[?!]?[A-Za-z_][A-Za-z0-9_]*\.-?\d+\s*:"),
      "rule/terminal priorities (name.N:)"),
     ("grammar_template", re.compile(r"^\s*[?!]?_?[A-Za-z][A-Za-z0-9_]*\{[^}]*\}\s*:"),
@@ -76,7 +76,7 @@ def grammar_problems(text: str) -> list[tuple[str, int, str]]:
     for n, line in enumerate(text.splitlines(), start=1):
         if line.lstrip().startswith("//"):
             continue  # a comment may name what it avoids
-        for feature, pattern, _ in _UNSUPPORTED:
+        for feature, pattern, _ in UNSUPPORTED_CONSTRUCTS:
             if pattern.search(line):
                 found.append((feature, n, line.strip()))
     return found
@@ -106,7 +106,7 @@ class Grammar:
             raise ConfigError("Grammar needs a non-empty Lark grammar text")
         where = f" in {self.source}" if self.source else ""
         for feature, n, line in grammar_problems(self.text):
-            label = next(lbl for f, _, lbl in _UNSUPPORTED if f == feature)
+            label = next(lbl for f, _, lbl in UNSUPPORTED_CONSTRUCTS if f == feature)
             raise UnsupportedSchema(
                 feature, "local", path=f"line {n}",
                 detail=f"{label} is outside the Lark subset llguidance accepts{where}: {line!r}",
@@ -457,7 +457,7 @@ def object_lark(constraint: str) -> str:
     parts: list[str] = []
     subs: list[str] = []
     for i, (name, node) in enumerate(props.items()):
-        key = _lit(("," if i else "") + json.dumps(name, ensure_ascii=False) + ":")
+        key = lark_literal(("," if i else "") + json.dumps(name, ensure_ascii=False) + ":")
         found = _field_grammar(node)
         if found is None:
             nested = _nested_grammar_fields(node, f"/properties/{name}")
@@ -520,7 +520,7 @@ def _sql_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _lit(s: str) -> str:
+def lark_literal(s: str) -> str:
     """A Lark string literal for ``s`` (JSON escaping is a subset of Lark's)."""
     return json.dumps(s, ensure_ascii=False)
 
@@ -556,8 +556,8 @@ def _sql_rules(tables: dict[str, list[str]], links: list[tuple[str, str, str, st
         t = ids[table]
         tid = _sql_ident(table)
         k = min(len(tables[table]), 6) - 1
-        cols = " | ".join(_lit(_sql_ident(c)) for c in tables[table])
-        qcols = " | ".join(_lit(f"{tid}.{_sql_ident(c)}") for c in tables[table])
+        cols = " | ".join(lark_literal(_sql_ident(c)) for c in tables[table])
+        qcols = " | ".join(lark_literal(f"{tid}.{_sql_ident(c)}") for c in tables[table])
         queries.append(f"q_{t}")
         out += [
             f"col_{t}: {cols}",
@@ -567,7 +567,7 @@ def _sql_rules(tables: dict[str, list[str]], links: list[tuple[str, str, str, st
             f'sel_{t}: "*" | "DISTINCT " cols_{t} | items_{t}',
             f'cols_{t}: col_{t}{_more(chr(34) + ",", chr(34) + " col_" + t, k)}',
             f'items_{t}: item_{t}{_more(chr(34) + ",", chr(34) + " item_" + t, k)}',
-            f"from_{t}: \" FROM \" {_lit(tid)}",
+            f"from_{t}: \" FROM \" {lark_literal(tid)}",
             f"cond_{t}: col_{t} CMP value | col_{t} CMP \"(\" scalar \")\""
             f" | col_{t} \" IN (\" sub \")\" | col_{t} \" NOT IN (\" sub \")\""
             f" | col_{t} \" IS NULL\" | col_{t} \" IS NOT NULL\" | col_{t} \" LIKE \" STRING"
@@ -590,7 +590,7 @@ def _sql_rules(tables: dict[str, list[str]], links: list[tuple[str, str, str, st
             tx, ty = ids[x], ids[y]
             p = f"{tx}_{ty}"
             k = min(len(tables[x]) + len(tables[y]), 6) - 1
-            on = _lit(f" FROM {_sql_ident(x)} JOIN {_sql_ident(y)} ON "
+            on = lark_literal(f" FROM {_sql_ident(x)} JOIN {_sql_ident(y)} ON "
                       f"{_sql_ident(x)}.{_sql_ident(x_col)} = {_sql_ident(y)}.{_sql_ident(y_col)}")
             queries.append(f"j_{p}")
             out += [

@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from extract.spec.model import Spec
-
-if TYPE_CHECKING:
-    from extract.examples import Example
 
 __all__ = [
     "PROMPT_VERSION",
     "REPAIR_PROMPT_VERSION",
+    "Example",
     "build_messages",
     "build_repair_messages",
     "describe_fields",
@@ -27,6 +26,23 @@ __all__ = [
 ]
 
 PROMPT_VERSION = "extract-v3"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One worked example: a text and the answer for it, as compact JSON in schema key order.
+
+    Built and validated by ``extract.examples`` (the schema's own examples once per spec, a
+    pool once per spec); a prompt only shows what it is given.
+    """
+
+    text: str
+    answer: str
+    index: int  # position in the user's pool; -1 for examples carried in the schema
+
+    @property
+    def size(self) -> int:
+        return len(self.text) + len(self.answer)
 
 OPEN, CLOSE = "<document>", "</document>"
 
@@ -107,9 +123,12 @@ _GRAMMAR_PROMPT_CHARS = 2000
 def build_messages(spec: Spec, text: str, examples: Sequence[Example] = ()) -> list[dict[str, str]]:
     """The chat messages asking for ``spec`` from ``text``.
 
-    Worked examples (the schema's own, then ``examples``) become earlier user/assistant
-    turns: the first user turn carries the task, every later one only a framed document, so
-    the model sees the pattern "document in, JSON out" repeated and the prompt stays short.
+    Worked examples become earlier user/assistant turns: the first user turn carries the
+    task, every later one only a framed document, so the model sees the pattern "document in,
+    JSON out" repeated and the prompt stays short. ``examples`` is everything shown, already
+    validated: the chain passes the schema's own examples and then the pool's
+    (``extract.examples.shown_examples``); this function validates nothing and imports nothing
+    above ``spec``.
     """
     if spec.kind == "regex":
         task = (
@@ -130,9 +149,6 @@ def build_messages(spec: Spec, text: str, examples: Sequence[Example] = ()) -> l
         if fields:
             task += " Its fields:\n" + "\n".join(fields)
         task += "\nAnswer with the JSON object only."
-        from extract.examples import schema_examples
-
-        examples = [*schema_examples(spec), *examples]
     messages = [{"role": "system", "content": SYSTEM}]
     for ex in examples:
         head = f"{task}\n\n" if len(messages) == 1 else ""

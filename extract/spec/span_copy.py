@@ -36,9 +36,9 @@ __all__ = [
 
 COPY_KEY = "copy_from_input"
 SPAN_DEF = "extract_input_span"
-_WORD = re.compile(r"\S+")
+WORD = re.compile(r"\S+")
 # Trailing separators a span may drop ("Arlington," -> "Arlington"): both forms are substrings.
-_TRAILING = ",;:"
+TRAILING_PUNCTUATION = ",;:"
 # Longest span in words, and the most spans per input: a citation title runs to ~20 words;
 # 40 words x 24 lengths x 2 forms stays near 2,000 alternatives (measured: compile < 10 ms).
 MAX_SPAN_WORDS = 24
@@ -52,12 +52,12 @@ def word_spans(text: str, max_words: int = MAX_SPAN_WORDS, limit: int = MAX_SPAN
     Each run also appears without trailing separators. Past ``limit`` spans the longest runs
     are dropped first, so very long inputs keep every short span.
     """
-    words = [(m.start(), m.end()) for m in _WORD.finditer(text)]
+    words = [(m.start(), m.end()) for m in WORD.finditer(text)]
     seen: dict[str, int] = {}
     for length in range(1, max_words + 1):
         for i in range(0, len(words) - length + 1):
             span = text[words[i][0]:words[i + length - 1][1]]
-            for form in (span, span.rstrip(_TRAILING)):
+            for form in (span, span.rstrip(TRAILING_PUNCTUATION)):
                 if form and form not in seen:
                     seen[form] = length
         if len(seen) >= limit:
@@ -214,7 +214,7 @@ def apply_span_copy(schema: dict[str, Any], text: str, setting: bool | None = No
     return out  # type: ignore[no-any-return]
 
 
-def _squash(s: str) -> str:
+def squash_spaces(s: str) -> str:
     return " ".join(s.split())
 
 
@@ -240,11 +240,11 @@ def copy_violations(value: Any, spec: Spec, text: str, setting: bool | None = No
     paths = copy_paths(spec.schema, setting)
     if not paths:
         return None
-    haystack = _squash(text)
+    haystack = squash_spaces(text)
     details = []
     for path in paths:
         got = _leaf(value, path.split("."))
-        if isinstance(got, str) and got and _squash(got) not in haystack:
+        if isinstance(got, str) and got and squash_spaces(got) not in haystack:
             details.append({"loc": path.split("."), "type": "not_copied",
                             "msg": "the value is not copied from the input"})
     if not details:

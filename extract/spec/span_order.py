@@ -25,9 +25,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from extract.spec.grammar import _lit
+from extract.spec.grammar import lark_literal
 from extract.spec.model import Spec
-from extract.spec.span_copy import _TRAILING, _WORD, MAX_SPAN_WORDS, SPAN_DEF, _squash, copy_paths, copy_violations
+from extract.spec.span_copy import (
+    MAX_SPAN_WORDS,
+    SPAN_DEF,
+    TRAILING_PUNCTUATION,
+    WORD,
+    copy_paths,
+    copy_violations,
+    squash_spaces,
+)
 from extract.types import AttemptError
 
 __all__ = ["ORDER_KEY", "order_violations", "ordered_fields", "ordered_lark", "span_violations", "wants_order"]
@@ -79,12 +87,12 @@ def _allowed(node: dict[str, Any], defs: dict[str, Any]) -> tuple[set[str] | Non
 def _occurrences(text: str) -> list[tuple[int, int, str]]:
     """(start word, end word, form) for every word run of the input, as ``word_spans`` cuts it
     (a run longer than any allowed span is never in a field's allowed set, so harmless)."""
-    words = [(m.start(), m.end()) for m in _WORD.finditer(text)]
+    words = [(m.start(), m.end()) for m in WORD.finditer(text)]
     out = []
     for s in range(len(words)):
         for e in range(s + 1, min(len(words), s + MAX_SPAN_WORDS) + 1):
             span = text[words[s][0]:words[e - 1][1]]
-            for form in dict.fromkeys((span, span.rstrip(_TRAILING))):
+            for form in dict.fromkeys((span, span.rstrip(TRAILING_PUNCTUATION))):
                 if form:
                     out.append((s, e, form))
     return out
@@ -114,7 +122,7 @@ def ordered_lark(constraint: str, text: str, fields: list[str], gap: int | None 
                 spans[i] = (allowed, nullable)
     if not spans:
         return None
-    n_words = len(_WORD.findall(text))
+    n_words = len(WORD.findall(text))
     if n_words > MAX_WORDS:
         return None
     by_start: dict[int, list[tuple[int, str]]] = {}
@@ -162,7 +170,7 @@ def ordered_lark(constraint: str, text: str, fields: list[str], gap: int | None 
         return None
 
     def key(i: int, first: bool) -> str:
-        return _lit(("" if first else ",") + json.dumps(names[i], ensure_ascii=False) + ":")
+        return lark_literal(("" if first else ",") + json.dumps(names[i], ensure_ascii=False) + ":")
 
     def after(i: int, p: int) -> str:
         """What may follow a written field: the rest from field i, optional when it may be empty."""
@@ -200,7 +208,7 @@ def ordered_lark(constraint: str, text: str, fields: list[str], gap: int | None 
                 nxt.append(("e", i + 1, p, first))
         else:  # "c": field i's span at p, or up to `first` words later (-1: any)
             for e, form in here.get((i, p), []):
-                alts.append(f"{_lit(json.dumps(form, ensure_ascii=False))} {after(i + 1, e)}")
+                alts.append(f"{lark_literal(json.dumps(form, ensure_ascii=False))} {after(i + 1, e)}")
                 nxt.append(("e", i + 1, e, 0))
             rest_k = None if first < 0 else first - 1
             if (rest_k is None or rest_k >= 0) and can(i, p + 1, rest_k) if p + 1 <= n_words else False:
@@ -225,16 +233,16 @@ def order_violations(value: Any, spec: Spec, text: str, setting: bool | None = N
     if not wants_order(spec.schema, setting, copy_setting):
         return None
     assert spec.schema is not None
-    haystack = _squash(text)
+    haystack = squash_spaces(text)
     pos = 0
     previous = None
     for name in ordered_fields(spec.schema, copy_setting):
         got = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
         if not isinstance(got, str) or not got:
             continue
-        at = haystack.find(_squash(got), pos)
+        at = haystack.find(squash_spaces(got), pos)
         if at < 0:
-            if _squash(got) not in haystack:
+            if squash_spaces(got) not in haystack:
                 continue  # not copied at all: span-copy's own check names it
             where = f"after {previous!r}" if previous else "there"
             return AttemptError(
@@ -244,7 +252,7 @@ def order_violations(value: Any, spec: Spec, text: str, setting: bool | None = N
                 details=[{"loc": [name], "type": "out_of_order",
                           "msg": "the value does not follow the previous field in the input"}],
             )
-        pos = at + len(_squash(got))
+        pos = at + len(squash_spaces(got))
         previous = name
     return None
 

@@ -1,9 +1,9 @@
-"""The tier registry: name -> factory. A new tier is one module and one line here.
+"""The tier registry: name -> class. A new tier is one module and one line here.
 
-Factories import their module lazily, so a chain that never uses Instructor never imports it.
-A tier that talks to an endpoint may be named ``tier@endpoint`` (``"native@backup"``): the
-endpoint is looked up in ``Settings.endpoints``, so one chain can try a primary model and then
-a backup. ``ENDPOINT_TIERS`` says which tiers take an endpoint.
+Classes are imported lazily, so a chain that never uses Instructor never imports it. A tier
+that talks to an endpoint (its class declares ``remote = True``) may be named
+``tier@endpoint`` (``"native@backup"``): the endpoint is looked up in ``Settings.endpoints``,
+so one chain can try a primary model and then a backup.
 """
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ from importlib import import_module
 
 from extract.errors import ConfigError
 from extract.settings import Settings
-from extract.tiers.base import Task, Tier
+from extract.tiers.base import Spend, Task, Tier, split_tier_name
 
-__all__ = ["ENDPOINT_TIERS", "REGISTRY", "Task", "Tier", "make_tier"]
-
-
-def _lazy(module: str, cls: str) -> Callable[..., Tier]:
-    def factory(settings: Settings, *args: str) -> Tier:
-        tier: Tier = getattr(import_module(module), cls)(settings, *args)
-        return tier
-
-    return factory
+__all__ = ["REGISTRY", "Spend", "Task", "Tier", "make_tier", "split_tier_name", "tier_class"]
 
 
-REGISTRY: dict[str, Callable[..., Tier]] = {
+def _lazy(module: str, cls: str) -> Callable[[], type[Tier]]:
+    def load() -> type[Tier]:
+        tier_cls: type[Tier] = getattr(import_module(module), cls)
+        return tier_cls
+
+    return load
+
+
+REGISTRY: dict[str, Callable[[], type[Tier]]] = {
     "native": _lazy("extract.tiers.native", "NativeTier"),
     "instructor": _lazy("extract.tiers.instructor", "InstructorTier"),
     "local": _lazy("extract.tiers.local", "LocalTier"),
@@ -34,25 +34,25 @@ REGISTRY: dict[str, Callable[..., Tier]] = {
 }
 
 
-# Tiers whose constructor takes an endpoint name as its second argument.
-ENDPOINT_TIERS = frozenset({"native", "instructor"})
+def tier_class(kind: str) -> type[Tier]:
+    """The class registered as ``kind`` (``"native"``, not ``"native@backup"``)."""
+    try:
+        return REGISTRY[kind]()
+    except KeyError:
+        raise ConfigError(f"unknown tier {kind!r}; known tiers: {', '.join(REGISTRY)}") from None
 
 
 def make_tier(name: str, settings: Settings) -> Tier:
     """The tier called ``name`` (``"local"``, ``"native"``, ``"native@backup"``...)."""
-    base, at, endpoint = name.partition("@")
-    try:
-        factory = REGISTRY[base]
-    except KeyError:
+    kind, endpoint = split_tier_name(name)
+    cls = tier_class(kind)
+    if endpoint is None:
+        return cls(settings)  # type: ignore[call-arg]
+    if not cls.remote:
+        remote = sorted(k for k in REGISTRY if tier_class(k).remote)
         raise ConfigError(
-            f"unknown tier {base!r}; known tiers: {', '.join(REGISTRY)}"
-        ) from None
-    if not at:
-        return factory(settings)
-    if base not in ENDPOINT_TIERS:
-        raise ConfigError(
-            f"tier {base!r} does not talk to an endpoint, so {name!r} cannot name one "
-            f"(tiers that can: {', '.join(sorted(ENDPOINT_TIERS))})"
+            f"tier {kind!r} does not talk to an endpoint, so {name!r} cannot name one "
+            f"(tiers that can: {', '.join(remote)})"
         )
     if endpoint not in settings.endpoints and endpoint != "default":
         known = ", ".join(sorted(settings.endpoints)) or "none configured"
@@ -60,4 +60,4 @@ def make_tier(name: str, settings: Settings) -> Tier:
             f"tier {name!r} names endpoint {endpoint!r}, which is not in settings.endpoints "
             f"(known: {known}; set EXTRACT_ENDPOINTS or endpoints=)"
         )
-    return factory(settings, endpoint)
+    return cls(settings, endpoint)  # type: ignore[call-arg]

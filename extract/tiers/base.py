@@ -1,24 +1,64 @@
-"""The one small protocol every tier implements, and the task it is handed.
+"""The one small protocol every tier implements, the task it is handed, and what it declares.
 
 A new tier is one module that defines a class with ``name``, ``unavailable()`` and
-``attempts()``, plus one line in ``extract.tiers.REGISTRY``. This module must not import a
-concrete tier or provider.
+``attempts()`` and its declaration (``kind``, ``remote``, ``endpoint_name``, ``spend()``,
+``identity()``), plus one line in ``extract.tiers.REGISTRY``. The runtime (budget,
+observability, chunking, cache) and ``extract check`` read the declaration instead of keeping
+their own copy of a tier's rules. ``split_tier_name`` is the one reader of ``tier@endpoint``,
+``output_token_limit`` the one output-token rule. This module must not import a concrete tier
+or provider.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from extract.settings import Settings
-from extract.spec import Spec
+from extract.spec import Spec, max_output_chars
+from extract.spec.prompt import Example
 from extract.types import Attempt
 
-if TYPE_CHECKING:
-    from extract.examples import Example
+__all__ = ["MIN_OUTPUT_TOKENS", "Spend", "Task", "Tier", "output_token_limit", "split_tier_name"]
 
-__all__ = ["Task", "Tier"]
+# The smallest room an answer needs: below this many free tokens, the context is full.
+MIN_OUTPUT_TOKENS = 16
+# A token is at least one byte, so the longest instance in characters always suffices; the
+# slack covers a tokenizer's end-of-text and a closing merge.
+OUTPUT_SLACK_TOKENS = 8
+# A regular expression or a CFG has no length bound of its own.
+UNBOUNDED_OUTPUT_TOKENS = 256
+
+
+def split_tier_name(name: str) -> tuple[str, str | None]:
+    """``"native@backup"`` -> ``("native", "backup")``; ``"local"`` -> ``("local", None)``."""
+    kind, at, endpoint = name.partition("@")
+    return kind, (endpoint if at else None)
+
+
+def output_token_limit(settings: Settings, constraint: dict[str, Any] | str | None, room: int) -> int:
+    """The output-token limit of one call: ``max_tokens`` when set; else the longest instance
+    of ``constraint`` plus 8 (256 when there is no JSON bound), at most ``room``, at least 16."""
+    if settings.max_tokens is not None:
+        return settings.max_tokens
+    bound = UNBOUNDED_OUTPUT_TOKENS if constraint is None else max_output_chars(constraint) + OUTPUT_SLACK_TOKENS
+    return max(MIN_OUTPUT_TOKENS, min(bound, room))
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What one tier may spend on one extraction, as the tier itself declares it.
+
+    ``output_tokens`` is the limit of each call (before a local prompt takes its share of the
+    context); ``min_calls``/``max_calls`` bound the model calls; with ``reask_from_first``
+    every call, the first included, carries an earlier answer and its errors (repair).
+    """
+
+    output_tokens: int
+    min_calls: int = 1
+    max_calls: int = 1
+    reask_from_first: bool = False
 
 
 @dataclass
@@ -38,6 +78,8 @@ class Task:
     truncated_input: bool = False
     # Worked examples chosen for this text from the Extractor's pool (extract.examples); every
     # tier shows the same ones, so tiers differ by model and constraint, not by prompt.
+    # Every worked example shown, the schema's own first (extract.examples.shown_examples),
+    # validated once before the task is built: prompts use them as given.
     examples: list[Example] = field(default_factory=list)
 
     def time_left(self) -> float | None:
@@ -54,7 +96,18 @@ class Tier(Protocol):
     the caller must act on those.
     """
 
-    name: str
+    name: str  # ``kind`` or ``kind@endpoint``
+    kind: str  # its line in the registry
+    remote: bool  # talks to an endpoint: priced, PII-redacted, sized by remote_context_tokens
+    endpoint_name: str | None  # the endpoint it names (None: the default one, or none at all)
+
+    def spend(self, spec: Spec, text: str) -> Spend:
+        """The calls and output tokens one extraction of ``spec`` from ``text`` may take."""
+        ...
+
+    async def identity(self) -> list[Any]:
+        """Which model answers (weights digest, or endpoint and served model): for the cache key."""
+        ...
 
     def unavailable(self) -> str | None:
         """Why this tier cannot run with the current settings, or None when it can."""

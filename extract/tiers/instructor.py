@@ -43,14 +43,12 @@ from extract.errors import ProviderError, UnsupportedSchema
 from extract.providers.openai_compat import (
     Connection,
     Endpoint,
-    attempt_error,
     is_mode_rejection,
 )
 from extract.spec import Spec
 from extract.spec.prompt import PROMPT_VERSION, build_messages
-from extract.spec.span_order import span_violations
-from extract.tiers.base import Task
-from extract.tiers.native import EndpointTier, closed_schema, output_budget, schema_name, usage_of
+from extract.tiers.base import Spend, Task
+from extract.tiers.remote import EndpointTier, closed_schema, schema_name, usage_of
 from extract.types import Attempt, AttemptError, ModelInfo, Usage
 from extract.validate import Checked, check
 
@@ -184,6 +182,9 @@ class InstructorTier(EndpointTier):
 
     kind = "instructor"
 
+    def spend(self, spec: Spec, text: str) -> Spend:
+        return Spend(self.output_tokens(spec, text), max_calls=self.settings.instructor_max_retries + 1)
+
     def check_support(self, spec: Spec) -> None:
         if spec.kind == "grammar":
             # Running our own parse-and-reask loop under Instructor's name would report
@@ -208,7 +209,7 @@ class InstructorTier(EndpointTier):
         schema = closed_schema(spec, task.text)
         schema["title"] = schema_name(spec)
         carrier = _carrier(spec, json.dumps(schema, sort_keys=True))
-        budget = output_budget(self.settings, schema)
+        budget = self.output_tokens(spec, task.text)
         base_meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget}
         attempts: list[Attempt] = []
         started = time.perf_counter()
@@ -297,23 +298,11 @@ class InstructorTier(EndpointTier):
             perr = err if isinstance(err, ProviderError) else ProviderError(
                 f"instructor call failed: {type(err).__name__}", endpoint=str(meta.get("endpoint", ""))
             )
-            return Attempt(
-                tier=self.name,
-                model=ModelInfo(name=model_name, backend="openai-compatible"),
-                prompt_version=PROMPT_VERSION,
-                error=attempt_error(perr),
-                latency_s=call.latency_s,
-                meta=call_meta,
-            )
+            return self.provider_failure(perr, model_name, call.latency_s, call_meta)
         response = call.response
         raw = _raw_output(response)
         finish = response.choices[0].finish_reason
-        checked: Checked = check(raw, spec, truncated=finish == "length")
-        if checked.error is None and finish == "length":
-            checked.repaired = True
-        if checked.error is None:  # span-copy cannot be enforced remotely: check it
-            checked.error = span_violations(checked.value, spec, task.text, self.settings.copy_from_input,
-                                            self.settings.copy_in_order)
+        checked: Checked = self.checked(raw, task, finish)
         if call.parse_error is not None and checked.error is None:
             # Instructor rejected what check accepts (should not happen: it runs check).
             call_meta["instructor_parse_error"] = call.parse_error[:500]
@@ -336,11 +325,4 @@ class InstructorTier(EndpointTier):
     def _provider_failure(
         self, exc: ProviderError, model_name: str | None, started: float, meta: dict[str, Any], tries: int
     ) -> Attempt:
-        return Attempt(
-            tier=self.name,
-            model=ModelInfo(name=model_name, backend="openai-compatible") if model_name else None,
-            prompt_version=PROMPT_VERSION,
-            error=attempt_error(exc),
-            latency_s=time.perf_counter() - started,
-            meta={**meta, "http_tries": tries},
-        )
+        return self.provider_failure(exc, model_name, time.perf_counter() - started, {**meta, "http_tries": tries})

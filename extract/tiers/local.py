@@ -14,16 +14,16 @@ import json
 import re
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from extract.errors import ConfigError, UnsupportedSchema
-from extract.examples import Example, schema_examples
-from extract.providers.local_model import Constraint, LocalModel, load_local_model
+from extract.providers.local_model import Constraint, LocalModel, embedded_model_path, file_digest, load_local_model
 from extract.settings import Settings
-from extract.spec import Spec, ensure_supported, local_constraint, max_output_chars
+from extract.spec import Spec, ensure_supported, local_constraint
 from extract.spec.grammar import object_lark
-from extract.spec.prompt import PROMPT_VERSION, build_messages
+from extract.spec.prompt import PROMPT_VERSION, Example, build_messages
 from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
-from extract.tiers.base import Task
+from extract.tiers.base import MIN_OUTPUT_TOKENS, Spend, Task, output_token_limit
 from extract.types import Attempt, Usage
 from extract.validate import check
 
@@ -59,9 +59,6 @@ _KEYWORD_FEATURES = {
     "$ref": "ref",
 }
 
-# The smallest room an answer needs: below this many free tokens, the context is full.
-_MIN_OUTPUT_TOKENS = 16
-
 
 def _feature_from_error(message: str, default: str) -> str:
     for key, feature in _KEYWORD_FEATURES.items():
@@ -73,13 +70,32 @@ def _feature_from_error(message: str, default: str) -> str:
 class LocalTier:
     """Outlines-compiled llguidance constraints on the embedded (or configured) model."""
 
-    name = "local"
+    name = kind = "local"
+    remote = False
+    endpoint_name = None
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     def unavailable(self) -> str | None:
         return None
+
+    def output_tokens(self, spec: Spec, text: str, room: int | None = None) -> int:
+        """The output-token limit of one call on ``text``: the longest instance of the JSON
+        constraint for this input (as ``grammar_for`` builds it; an ordered span grammar admits
+        a subset of those), else 256; within ``room`` (default: the whole context)."""
+        constraint: str | None = None
+        if spec.is_json and "grammar_field" not in spec.features:
+            constraint = local_constraint(
+                spec, text, copy_from_input=self.settings.copy_from_input, bounds=self.settings.bound_strings)
+        return output_token_limit(self.settings, constraint, self.settings.n_ctx if room is None else room)
+
+    def spend(self, spec: Spec, text: str) -> Spend:
+        return Spend(self.output_tokens(spec, text))
+
+    async def identity(self) -> list[Any]:
+        path = self.settings.model_path or embedded_model_path()
+        return [self.name, self.settings.backend, file_digest(path) if path.exists() else str(path)]
 
     def grammar_for(self, spec: Spec, text: str, all_keys: bool = False) -> Constraint:
         """The constraint for ``spec`` on ``text``; ``all_keys`` makes every top-level key
@@ -118,7 +134,7 @@ class LocalTier:
             return False
         if self.settings.all_keys is not None:
             return self.settings.all_keys
-        return not examples and not schema_examples(spec)
+        return not examples
 
     def check_support(self, spec: Spec) -> None:
         ensure_supported(spec.features, self.name)
@@ -144,7 +160,7 @@ class LocalTier:
         """Render the prompt, cutting the text if allowed; returns (prompt, text, cut)."""
         prompt = model.render(build_messages(spec, text, examples))
         room = model.n_ctx - model.count_tokens(prompt)
-        if room >= _MIN_OUTPUT_TOKENS:
+        if room >= MIN_OUTPUT_TOKENS:
             return prompt, text, False
         if not (self.settings.truncate or self.settings.long_text == "truncate"):
             raise ConfigError(
@@ -156,7 +172,7 @@ class LocalTier:
         while lo < hi:  # the longest prefix that leaves room for an answer
             mid = (lo + hi + 1) // 2
             p = model.render(build_messages(spec, text[:mid], examples))
-            if model.n_ctx - model.count_tokens(p) >= max(_MIN_OUTPUT_TOKENS, model.n_ctx // 4):
+            if model.n_ctx - model.count_tokens(p) >= max(MIN_OUTPUT_TOKENS, model.n_ctx // 4):
                 lo = mid
             else:
                 hi = mid - 1
@@ -165,26 +181,13 @@ class LocalTier:
         cut = text[:lo]
         return model.render(build_messages(spec, cut, examples)), cut, True
 
-    def _budget(self, grammar: Constraint, model: LocalModel, prompt: str, spec: Spec, text: str) -> int:
-        if self.settings.max_tokens is not None:
-            return self.settings.max_tokens
-        if grammar.kind == "json_schema":
-            bound = max_output_chars(grammar.text) + 8
-        elif spec.is_json and "grammar_field" not in spec.features:
-            # An ordered span grammar admits a subset of its JSON Schema's instances.
-            bound = max_output_chars(local_constraint(
-                spec, text, copy_from_input=self.settings.copy_from_input, bounds=self.settings.bound_strings)) + 8
-        else:
-            bound = 256
-        return max(_MIN_OUTPUT_TOKENS, min(bound, model.n_ctx - model.count_tokens(prompt)))
-
     async def attempts(self, task: Task) -> list[Attempt]:
         spec = task.spec
         model = await asyncio.to_thread(load_local_model, self.settings)
         prompt, text, cut = await asyncio.to_thread(self._fit, model, spec, task.text, task.examples)
         all_keys = self._all_keys(spec, task.examples)
         grammar = self.grammar_for(spec, text, all_keys)
-        budget = self._budget(grammar, model, prompt, spec, text)
+        budget = self.output_tokens(spec, text, model.n_ctx - model.count_tokens(prompt))
         penalty = self.settings.null_penalty if all_keys else 0.0
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
@@ -192,9 +195,6 @@ class LocalTier:
         truncated = gen.finish_reason == "length"
         checked = check(gen.text, spec, truncated=truncated)
         error = checked.error
-        if error is None and truncated:
-            # Valid only because the repair closed what the budget cut: not as generated.
-            checked.repaired = True
         return [
             Attempt(
                 tier=self.name,

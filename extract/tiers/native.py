@@ -18,61 +18,28 @@ offending text), at most ``grammar_max_reasks`` times; every call is its own Att
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from typing import Any
 
-from extract.errors import ConfigError, ProviderError, UnsupportedSchema
+from extract.errors import ProviderError
 from extract.providers.openai_compat import (
     Connection,
     Endpoint,
     Mode,
-    attempt_error,
     is_mode_rejection,
     response_format_for,
 )
-from extract.settings import Settings
-from extract.spec import Spec, ensure_supported, local_constraint, max_output_chars
+from extract.spec import Spec
 from extract.spec.prompt import PROMPT_VERSION, build_messages
-from extract.spec.span_order import span_violations
-from extract.tiers.base import Task
-from extract.types import Attempt, AttemptError, ModelInfo, Usage
+from extract.tiers.base import Spend, Task
+from extract.tiers.remote import EndpointTier, closed_schema, schema_name, usage_of
+from extract.types import Attempt, AttemptError, ModelInfo
 from extract.validate import Checked, check
 
-__all__ = ["NativeTier", "closed_schema", "grammar_reask", "output_budget", "usage_of"]
+__all__ = ["NativeTier", "grammar_reask"]
 
-# A remote answer is never allowed more than this many tokens unless max_tokens says so:
-# a bounded schema on a long input can allow thousands, and a runaway small model uses them.
-_MAX_REMOTE_TOKENS = 1024
-_MIN_REMOTE_TOKENS = 16
 # The reask restates what the language is; a grammar's whole text would crowd the context.
 _REASK_ABOUT_CHARS = 600
-
-
-def closed_schema(spec: Spec, text: str) -> dict[str, Any]:
-    """The spec's schema, closed and bounded for this input, without llguidance's own key."""
-    schema: dict[str, Any] = json.loads(local_constraint(spec, text))
-    schema.pop("x-guidance", None)
-    if "grammar_field" in spec.features:
-        _drop_key(schema, "x-grammar")  # a server cannot enforce it; validation parses the field
-    schema.setdefault("title", spec.name)
-    return schema
-
-
-def _drop_key(node: Any, key: str) -> None:
-    if isinstance(node, dict):
-        node.pop(key, None)
-        for value in node.values():
-            _drop_key(value, key)
-    elif isinstance(node, list):
-        for value in node:
-            _drop_key(value, key)
-
-
-def schema_name(spec: Spec) -> str:
-    """A function/schema name servers accept (OpenAI: ``^[a-zA-Z0-9_-]{1,64}$``)."""
-    return re.sub(r"[^a-zA-Z0-9_-]", "_", spec.name)[:64] or "extraction"
 
 
 def grammar_reask(spec: Spec, raw: str | None, error: AttemptError) -> str:
@@ -93,60 +60,15 @@ def grammar_reask(spec: Spec, raw: str | None, error: AttemptError) -> str:
     return "\n".join(lines)
 
 
-def output_budget(settings: Settings, schema: dict[str, Any] | None) -> int:
-    if settings.max_tokens is not None:
-        return settings.max_tokens
-    if schema is None:
-        return 256
-    return max(_MIN_REMOTE_TOKENS, min(max_output_chars(schema) + 8, _MAX_REMOTE_TOKENS))
-
-
-def usage_of(response: Any) -> Usage:
-    """The server's own token counts (zeros when it reports none)."""
-    usage = getattr(response, "usage", None)
-    if usage is None:
-        return Usage()
-    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-    completion = int(getattr(usage, "completion_tokens", 0) or 0)
-    total = int(getattr(usage, "total_tokens", 0) or (prompt + completion))
-    return Usage(input_tokens=prompt, output_tokens=completion, total_tokens=total)
-
-
-class EndpointTier:
-    """What every tier bound to one OpenAI-compatible endpoint shares: its name
-    (``kind`` or ``kind@endpoint``), its availability (the endpoint is configured) and its
-    row of the capability table."""
-
-    kind = ""
-
-    def __init__(self, settings: Settings, endpoint: str | None = None) -> None:
-        self.settings = settings
-        self.endpoint_name = endpoint
-        self.name = self.kind if endpoint is None else f"{self.kind}@{endpoint}"
-
-    def unavailable(self) -> str | None:
-        try:
-            Endpoint.from_settings(self.settings, self.endpoint_name)
-        except ConfigError as exc:
-            return str(exc)
-        return None
-
-    def check_support(self, spec: Spec) -> None:
-        ensure_supported(spec.features, self.kind)
-        if spec.model is None and "grammar_field" in spec.features:
-            # A remote tier checks grammar fields through the Pydantic validator that
-            # ``Annotated[str, Grammar]`` installs; a raw schema's x-grammar has none.
-            raise UnsupportedSchema(
-                "grammar_field", self.kind, path=spec.features["grammar_field"][0],
-                detail="x-grammar in a JSON Schema dict is only enforced on the local tier; "
-                "annotate a Pydantic field with Annotated[str, Grammar] to have it validated here",
-            )
-
-
 class NativeTier(EndpointTier):
     """An OpenAI-compatible endpoint's structured mode, one call per extraction."""
 
     kind = "native"
+
+    def spend(self, spec: Spec, text: str) -> Spend:
+        # A grammar spec is asked again with each parse error, up to grammar_max_reasks times.
+        reasks = self.settings.grammar_max_reasks if spec.kind == "grammar" else 0
+        return Spend(self.output_tokens(spec, text), max_calls=1 + reasks)
 
     async def attempts(self, task: Task) -> list[Attempt]:
         endpoint = Endpoint.from_settings(self.settings, self.endpoint_name)
@@ -155,7 +77,7 @@ class NativeTier(EndpointTier):
             return await self._grammar_attempts(task, endpoint)
         schema = closed_schema(spec, task.text) if spec.is_json else None
         messages = build_messages(spec, task.text, task.examples)
-        budget = output_budget(self.settings, schema)
+        budget = self.output_tokens(spec, task.text)
         rejected: list[dict[str, str]] = []
         meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget}
         started = time.perf_counter()
@@ -193,12 +115,7 @@ class NativeTier(EndpointTier):
         choice = response.choices[0]
         raw = choice.message.content
         finish = choice.finish_reason
-        checked = check(raw, spec, truncated=finish == "length")
-        if checked.error is None and finish == "length":
-            checked.repaired = True  # valid only because the repair closed what the limit cut
-        if checked.error is None:  # span-copy cannot be enforced remotely: check it
-            checked.error = span_violations(checked.value, spec, task.text, self.settings.copy_from_input,
-                                            self.settings.copy_in_order)
+        checked = self.checked(raw, task, finish)
         return [self._answered(task, response, model_name, checked, latency, {
             **meta,
             "http_tries": conn.http_tries,
@@ -231,7 +148,7 @@ class NativeTier(EndpointTier):
         """Plain text, parsed with lark; a parse error is fed back, up to the reask bound."""
         spec = task.spec
         messages: list[dict[str, str]] = build_messages(spec, task.text)
-        budget = output_budget(self.settings, None)
+        budget = self.output_tokens(spec, task.text)
         meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget, "mode": "prompt"}
         out: list[Attempt] = []
         started = time.perf_counter()
@@ -265,25 +182,11 @@ class NativeTier(EndpointTier):
                             {"role": "user", "content": grammar_reask(spec, raw, checked.error)}]
         return out
 
-    def _failed(
-        self,
-        exc: ProviderError,
-        model_name: str | None,
-        started: float,
-        meta: dict[str, Any],
-        rejected: list[dict[str, str]],
-        conn: Connection,
-    ) -> Attempt:
-        return Attempt(
-            tier=self.name,
-            model=ModelInfo(name=model_name, backend="openai-compatible") if model_name else None,
-            prompt_version=PROMPT_VERSION,
-            error=attempt_error(exc),
-            latency_s=time.perf_counter() - started,
-            meta={
-                **meta,
-                "http_tries": conn.http_tries,
-                **({"transport_errors": conn.transport_errors} if conn.transport_errors else {}),
-                **({"rejected_modes": rejected} if rejected else {}),
-            },
-        )
+    def _failed(self, exc: ProviderError, model_name: str | None, started: float, meta: dict[str, Any],
+                rejected: list[dict[str, str]], conn: Connection) -> Attempt:
+        return self.provider_failure(exc, model_name, time.perf_counter() - started, {
+            **meta,
+            "http_tries": conn.http_tries,
+            **({"transport_errors": conn.transport_errors} if conn.transport_errors else {}),
+            **({"rejected_modes": rejected} if rejected else {}),
+        })

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from extract.providers.local_model import load_local_model
 from extract.settings import Settings
-from extract.spec import Spec, ensure_supported, max_output_chars
+from extract.spec import Spec, ensure_supported
 from extract.spec.prompt import REPAIR_PROMPT_VERSION, build_repair_messages
-from extract.tiers.base import Task
+from extract.tiers.base import MIN_OUTPUT_TOKENS, Spend, Task
 from extract.tiers.local import LocalTier
 from extract.types import Attempt, AttemptError, Usage
 from extract.validate import check
 
 __all__ = ["RepairTier", "best_attempt"]
-
-_MIN_OUTPUT_TOKENS = 16
 
 
 def _error_count(attempt: Attempt) -> int:
@@ -63,16 +62,27 @@ def _error_lines(attempt: Attempt) -> list[str]:
 class RepairTier:
     """One or two constrained calls on the local model, starting from the best earlier output."""
 
-    name = "repair"
+    name = kind = "repair"
+    remote = False
+    endpoint_name = None
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # The same constraint as the local tier, from the same code: repair decodes under
-        # exactly what the local tier would, and refuses exactly what it refuses.
+        # exactly what the local tier would, refuses exactly what it refuses, and is allowed
+        # the same output tokens.
         self._local = LocalTier(settings)
 
     def unavailable(self) -> str | None:
         return None
+
+    def spend(self, spec: Spec, text: str) -> Spend:
+        # No call when nothing earlier has output; every call carries an earlier answer.
+        return Spend(self._local.output_tokens(spec, text), min_calls=0,
+                     max_calls=self.settings.repair_max_calls, reask_from_first=True)
+
+    async def identity(self) -> list[Any]:
+        return [self.name, *(await self._local.identity())[1:]]
 
     def check_support(self, spec: Spec) -> None:
         ensure_supported(spec.features, self.name)  # the capability table's row for repair
@@ -96,18 +106,13 @@ class RepairTier:
                 break
             prompt = model.render(build_repair_messages(task.spec, task.text, raw, errors))
             room = model.n_ctx - model.count_tokens(prompt)
-            if room < _MIN_OUTPUT_TOKENS:
+            if room < MIN_OUTPUT_TOKENS:
                 out.append(Attempt(tier=self.name, prompt_version=REPAIR_PROMPT_VERSION, error=AttemptError(
                     type="context_full",
                     message=f"the repair prompt leaves {room} tokens of {model.n_ctx} for the answer",
                 )))
                 break
-            if self.settings.max_tokens is not None:
-                budget = self.settings.max_tokens
-            elif grammar.kind == "json_schema":
-                budget = min(max_output_chars(grammar.text) + 8, room)
-            else:
-                budget = min(256, room)
+            budget = self._local.output_tokens(task.spec, task.text, room)
             started = time.perf_counter()
             gen = await loop.run_in_executor(model.executor, model.generate, prompt, grammar, budget)
             truncated = gen.finish_reason == "length"

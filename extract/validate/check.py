@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,23 +18,10 @@ from pydantic import ValidationError
 from extract.spec.compile import compile_spec
 from extract.spec.model import Spec
 from extract.types import AttemptError
+from extract.validate.outcome import Checked
 from extract.validate.repair import RepairFailure, repair_syntax
 
 __all__ = ["Checked", "check", "parse_output", "validate_value"]
-
-
-@dataclass
-class Checked:
-    """The outcome of checking one raw output."""
-
-    value: Any = None
-    error: AttemptError | None = None
-    repaired: bool = False
-    repairs: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 def validate_value(data: Any, spec: Spec) -> tuple[Any, AttemptError | None]:
@@ -106,12 +92,20 @@ def parse_output(raw: str | None, spec: Any, *, truncated: bool = False) -> Chec
     (Pydantic's, then guardrails-ai's with their ``on_fail`` mapped). Strict JSON that
     validates comes back as generated, with no repair. ``truncated`` says the generator stopped
     at its token limit: a failure is then reported as ``truncated``, because the cure differs
-    (a bigger budget, not a better model).
+    (a bigger budget, not a better model), and a success counts as repaired, never as valid as
+    generated (the repair closed what the limit cut): every tier gets that rule from here.
     """
     if not isinstance(spec, Spec):
         # compile_spec caches a model class per process and a dict per canonical form; a Regex
         # or a Grammar is only wrapped (a Grammar builds its parser once, on itself).
         spec = compile_spec(spec)
+    checked = _parse(raw, spec, truncated)
+    if truncated and checked.error is None:
+        checked.repaired = True
+    return checked
+
+
+def _parse(raw: str | None, spec: Spec, truncated: bool) -> Checked:
     if raw is None or not raw.strip():
         return Checked(error=AttemptError(type="empty_output", message="the model returned no text"))
     if spec.kind == "grammar":

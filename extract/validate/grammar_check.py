@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from extract.spec.grammar import describe_parse_error
 from extract.spec.model import Spec
 from extract.types import AttemptError
-from extract.validate.check import Checked
+from extract.validate.outcome import Checked
 
 if TYPE_CHECKING:
     import lark

@@ -159,7 +159,7 @@ def check(
 
     Exit 0 when a configured tier can run it, 1 when none can, 2 when the target is not a spec.
     """
-    from extract.authoring import check_spec
+    from extract.front.authoring import check_spec
 
     try:
         spec = target if target.endswith(".lark") else load_spec(target, None)
@@ -173,7 +173,7 @@ def check(
 
 def _run_batch(source: str, input_file: Path | None, output_file: Path | None, spec: Any, extractor: Extractor,
                concurrency: int, rate_limit: float | None) -> None:
-    from extract.batch import run_jsonl
+    from extract.front.batch import run_jsonl
 
     if input_file is None or output_file is None:
         raise ConfigError("a batch needs both --input FILE.jsonl and --output FILE.jsonl")
@@ -221,7 +221,7 @@ def bench(
     max_tokens: Annotated[int | None, typer.Option(help="Output token cap per call.")] = None,
 ) -> None:
     """Benchmark policies on labelled data or a schema corpus; resumable; writes a report."""
-    from extract.bench import BenchRun, read_suite, run_bench
+    from extract.front.bench import BenchRun, read_suite, run_bench
 
     with _exit_codes():
         if (suite is None) == (data is None):

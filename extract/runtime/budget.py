@@ -16,7 +16,9 @@ The lock is a ``threading.Lock``, not an ``asyncio.Lock``: the critical sections
 and one Extractor may be driven from several event loops (``run`` from notebook threads), which
 an ``asyncio.Lock`` (bound to one loop) does not allow.
 
-This module imports no tier.
+What a tier may spend (its calls, the output tokens of each, whether it is remote and which
+endpoint it names) is the tier's own declaration (``Tier.spend``, ``extract.tiers.base``): this
+module keeps no copy of a tier's rules and imports no concrete tier.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from extract.errors import ConfigError
 from extract.settings import Price, Settings
-from extract.spec import Spec, local_constraint, max_output_chars
-from extract.spec.prompt import build_messages
+from extract.spec import Spec
+from extract.spec.prompt import Example, build_messages
+from extract.tiers.base import Tier
 from extract.types import Attempt, AttemptError
 
 __all__ = ["Budget", "Hold", "budget_skip", "price_for", "worst_case"]
@@ -50,41 +52,23 @@ def price_for(settings: Settings, endpoint: str | None, model: str | None) -> Pr
     return None
 
 
-def _calls(kind: str, settings: Settings) -> int:
-    if kind == "instructor":
-        return settings.instructor_max_retries + 1
-    if kind == "repair":
-        return settings.repair_max_calls
-    return 1
-
-
-def _output_tokens(kind: str, settings: Settings, spec: Spec, text: str) -> int:
-    if settings.max_tokens is not None:
-        return settings.max_tokens
-    if kind in ("native", "instructor"):
-        from extract.tiers.native import closed_schema, output_budget
-
-        return output_budget(settings, closed_schema(spec, text) if spec.is_json else None)
-    bound = max_output_chars(local_constraint(spec, text)) + 8 if spec.is_json else 256
-    return min(bound, settings.n_ctx)
-
-
 def worst_case(
-    tier_name: str, settings: Settings, spec: Spec, text: str, examples: Sequence[Any] = ()
+    tier: Tier, settings: Settings, spec: Spec, text: str, examples: Sequence[Example] = ()
 ) -> tuple[int, float]:
-    """The most tokens and dollars ``tier_name`` can spend on ``text``: (tokens, usd)."""
-    kind, _, endpoint = tier_name.partition("@")
+    """The most tokens and dollars ``tier`` can spend on ``text``: (tokens, usd)."""
     messages = build_messages(spec, text, examples)
     prompt_bytes = sum(len(m["content"].encode("utf-8")) for m in messages)
     prompt = prompt_bytes // _BYTES_PER_TOKEN + _TEMPLATE_TOKENS * len(messages)
-    out = _output_tokens(kind, settings, spec, text)
+    spend = tier.spend(spec, text)
+    out = spend.output_tokens
     tokens_in = tokens_out = 0
-    for i in range(_calls(kind, settings)):
+    for i in range(spend.max_calls):
         # Every reask (and a repair call) carries an earlier answer and its errors.
-        tokens_in += prompt + (i + (kind == "repair")) * (out + _REASK_TOKENS)
+        tokens_in += prompt + (i + spend.reask_from_first) * (out + _REASK_TOKENS)
         tokens_out += out
     usd = 0.0
-    if kind in ("native", "instructor"):
+    if tier.remote:
+        endpoint = tier.endpoint_name
         ep = settings.endpoints.get(endpoint) if endpoint else None
         price = price_for(settings, endpoint or "default", (ep.model if ep else None) or settings.model)
         if price is not None:
@@ -113,15 +97,17 @@ class Budget:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, remote_tiers: list[str]) -> Budget:
+    def from_settings(cls, settings: Settings, tiers: Sequence[Tier]) -> Budget:
         """The Extractor's budget; a dollar cap with an unpriced remote tier is a ConfigError."""
         if settings.budget_usd is not None:
-            for name in remote_tiers:
-                endpoint = name.partition("@")[2] or "default"
+            for tier in tiers:
+                if not tier.remote:
+                    continue
+                endpoint = tier.endpoint_name or "default"
                 ep = settings.endpoints.get(endpoint)
                 if price_for(settings, endpoint, (ep.model if ep else None) or settings.model) is None:
                     raise ConfigError(
-                        f"budget_usd is set but tier {name!r} has no price: add prices[{endpoint!r}] "
+                        f"budget_usd is set but tier {tier.name!r} has no price: add prices[{endpoint!r}] "
                         "(or the model's name, or '*') with input_per_mtok/output_per_mtok"
                     )
         return cls(settings.budget_tokens, settings.budget_usd)

@@ -3,9 +3,9 @@
 ``Runtime`` is held by one ``Extractor`` and called by the chain before and after each tier
 (``before_tier`` / ``after_tier``) and around each extraction (``extraction`` / ``finish``):
 
-- **budget** (``extract.budget``): the tier's worst case is reserved before it runs, or the tier
+- **budget** (``extract.runtime.budget``): the tier's worst case is reserved before it runs, or the tier
   is recorded as skipped with error type ``budget``; its real spend settles the reservation.
-- **PII** (``extract.pii``): with ``redact_pii``, a remote tier gets the text with placeholders
+- **PII** (``extract.runtime.pii``): with ``redact_pii``, a remote tier gets the text with placeholders
   and its values get the originals back (and are validated again).
 - **cost**: every Attempt's ``usage.cost_usd`` from ``Settings.prices`` (local models: 0;
   a remote model with no price: None, which is "unknown", not "free").
@@ -31,7 +31,7 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -43,13 +43,12 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from extract.budget import Budget, Hold, budget_skip, price_for, worst_case
-from extract.chunking import current_chunk
-from extract.pii import Redaction, redact_pii, restore, restored_json
+from extract.runtime.budget import Budget, Hold, budget_skip, price_for, worst_case
+from extract.runtime.chunking import current_chunk
+from extract.runtime.pii import Redaction, redact_pii, restore, restored_json
 from extract.settings import Settings
 from extract.spec import Spec
-from extract.tiers import ENDPOINT_TIERS
-from extract.tiers.base import Task
+from extract.tiers.base import Task, Tier
 from extract.types import Attempt, AttemptError, Result
 from extract.validate import check
 
@@ -125,10 +124,6 @@ def redact_secrets(value: Any, secrets: list[str]) -> Any:
     return value
 
 
-def _remote(tier: str) -> bool:
-    return tier.partition("@")[0] in ENDPOINT_TIERS
-
-
 def attempt_fields(attempt: Attempt) -> dict[str, Any]:
     """The fields of an attempt's log event and span: names, counts, outcome; no text."""
     return {
@@ -140,7 +135,7 @@ def attempt_fields(attempt: Attempt) -> dict[str, Any]:
         "output_tokens": attempt.usage.output_tokens,
         "latency_s": round(attempt.latency_s, 4),
         "cost_usd": attempt.usage.cost_usd,
-        "cache_hit": attempt.meta.get("cache") == "hit",  # extract.cache marks a served hit so
+        "cache_hit": attempt.meta.get("cache") == "hit",  # extract.runtime.cache marks a served hit so
         "outcome": "skipped" if attempt.skipped else ("ok" if attempt.error is None else "error"),
         "error_type": attempt.error.type if attempt.error else None,
         "repaired": attempt.repaired,
@@ -176,10 +171,13 @@ _CURRENT: ContextVar[_Extraction | None] = ContextVar("extract_extraction", defa
 class Runtime:
     """The budget, redaction, pricing, logging and tracing policy of one Extractor."""
 
-    def __init__(self, settings: Settings, tier_names: list[str]) -> None:
+    def __init__(self, settings: Settings, tiers: Sequence[Tier]) -> None:
         self.settings = settings
         self.secrets = secrets_of(settings)
-        self.budget = Budget.from_settings(settings, [n for n in tier_names if _remote(n)])
+        # What each tier of the chain declares (remote, endpoint, spend), by the name its
+        # attempts carry; any other name (cache, merge) is no model's and costs nothing.
+        self.tiers = {tier.name: tier for tier in tiers}
+        self.budget = Budget.from_settings(settings, tiers)
         self._log: Any = None
         self.tracer = trace.get_tracer("extract")
 
@@ -251,10 +249,14 @@ class Runtime:
         return result
 
     # -- one tier --------------------------------------------------------------------
-    def before_tier(self, tier: str, task: Task) -> TierCall | Attempt:
+    def _remote(self, name: str) -> Tier | None:
+        tier = self.tiers.get(name)
+        return tier if tier is not None and tier.remote else None
+
+    def before_tier(self, tier: Tier, task: Task) -> TierCall | Attempt:
         """The call to make (text redacted for a remote tier), or a skipped Attempt (budget)."""
-        call = TierCall(tier=tier, task=task, started_ns=time.time_ns())
-        if self.settings.redact_pii and _remote(tier):
+        call = TierCall(tier=tier.name, task=task, started_ns=time.time_ns())
+        if self.settings.redact_pii and tier.remote:
             call.redaction = redact_pii(task.text)
             if call.redaction.mapping:
                 call.task = dataclasses.replace(task, text=call.redaction.text)
@@ -262,13 +264,11 @@ class Runtime:
             tokens, usd = worst_case(tier, self.settings, task.spec, call.task.text, task.examples)
             hold = self.budget.reserve(tokens, usd)
             if hold is None:
-                skip = budget_skip(tier, tokens, usd, self.budget)
-                self._observe(tier, [skip], call.started_ns)
+                skip = budget_skip(tier.name, tokens, usd, self.budget)
+                self._observe(tier.name, [skip], call.started_ns)
                 return skip
             call.hold = hold
-            kind = tier.partition("@")[0]
-            call.calls = (self.settings.instructor_max_retries + 1 if kind == "instructor"
-                          else self.settings.repair_max_calls if kind == "repair" else 1)
+            call.calls = tier.spend(task.spec, call.task.text).max_calls
         return call
 
     def after_tier(self, call: TierCall, attempts: list[Attempt]) -> list[Attempt]:
@@ -316,10 +316,11 @@ class Runtime:
     def _price(self, attempt: Attempt) -> None:
         if attempt.skipped or attempt.usage.cost_usd is not None:
             return
-        if not _remote(attempt.tier):
+        tier = self._remote(attempt.tier)
+        if tier is None:
             cost: float | None = 0.0  # a local model costs nothing per token
         else:
-            endpoint = attempt.tier.partition("@")[2] or "default"
+            endpoint = tier.endpoint_name or "default"
             price = price_for(self.settings, endpoint, attempt.model.name if attempt.model else None)
             cost = None if price is None else (
                 attempt.usage.input_tokens * price.input_per_mtok

@@ -35,9 +35,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from extract.cache import result_from_json, result_to_json
 from extract.errors import ConfigError, ProviderError, UnsupportedSchema
-from extract.pipeline import Extractor, _run_sync
+from extract.pipeline import Extractor, run_sync
+from extract.runtime.cache import result_from_json, result_to_json
 from extract.spec import Spec, compile_spec
 from extract.types import Attempt, AttemptError, Result
 
@@ -197,7 +197,7 @@ def extract_many(
     **options: Any,
 ) -> list[Result]:
     """Sync ``aextract_many`` (works inside a running loop too, e.g. in a notebook)."""
-    return _run_sync(aextract_many(texts, spec, concurrency=concurrency, rate_limit=rate_limit,
+    return run_sync(aextract_many(texts, spec, concurrency=concurrency, rate_limit=rate_limit,
                                    engine=engine, extractor=extractor, **options))
 
 
@@ -495,7 +495,7 @@ def _run_held(input_path: Path, output_path: Path, compiled: Spec, extractor: Ex
     ) if progress else None
     with output_path.open("a", encoding="utf-8") as sink:
         if bar is None:
-            _run_sync(_run_rows(extractor, compiled, items, sink, stats, concurrency, rate_limit, lambda s: None))
+            run_sync(_run_rows(extractor, compiled, items, sink, stats, concurrency, rate_limit, lambda s: None))
         else:
             with bar:
                 task = bar.add_task("extract", total=remaining, failed=0, tokens=0, cost=0.0)
@@ -503,7 +503,7 @@ def _run_held(input_path: Path, output_path: Path, compiled: Spec, extractor: Ex
                 def tick(s: BatchStats) -> None:
                     bar.update(task, completed=s.done, failed=s.failed, tokens=s.tokens, cost=s.cost_usd)
 
-                _run_sync(_run_rows(extractor, compiled, items, sink, stats, concurrency, rate_limit, tick))
+                run_sync(_run_rows(extractor, compiled, items, sink, stats, concurrency, rate_limit, tick))
     stats.seconds = time.perf_counter() - started
     return stats
 

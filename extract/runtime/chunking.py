@@ -26,14 +26,15 @@ that model's tokenizer, exactly), else ``remote_context_tokens`` when set (token
 than it could be; a chunk the server still refuses is a ``provider_error`` attempt). With
 neither, remote texts go whole. Worked examples (``Extractor(examples=...)``) are not counted.
 
-This module imports no tier and not the pipeline (the Extractor is passed in).
+This module imports no concrete tier and not the pipeline (the Extractor is passed in); whether a
+tier is local is what the tier declares (``Tier.remote``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -41,7 +42,8 @@ from pydantic import BaseModel
 
 from extract.settings import Settings
 from extract.spec import Spec
-from extract.spec.prompt import build_messages
+from extract.spec.prompt import Example, build_messages
+from extract.tiers.base import MIN_OUTPUT_TOKENS, Tier
 from extract.types import Attempt, AttemptError, Chunk, Result
 from extract.validate import check
 
@@ -51,7 +53,6 @@ _CHUNK: ContextVar[int | None] = ContextVar("extract_chunk", default=None)
 # Tokens kept free beyond the counted text: a chunk's tokens inside the prompt can differ
 # from its tokens alone by a merge at each edge.
 _EDGE_TOKENS = 8
-_MIN_OUTPUT_TOKENS = 16
 _REMOTE_CHARS_PER_TOKEN = 3
 _TEMPLATE_TOKENS = 16  # role markers per message, more than any chat template we ship adds
 
@@ -63,7 +64,7 @@ def current_chunk() -> int | None:
 
 class _Chain(Protocol):
     settings: Settings
-    tier_names: list[str]
+    tiers: list[Tier]
 
     async def arun(self, text: str, spec: Any) -> Result: ...
 
@@ -101,17 +102,21 @@ def split_text(text: str, count: Callable[[str], int], room: int, overlap: int) 
     return spans
 
 
-def plan_chunks(text: str, spec: Spec, settings: Settings, tier_names: list[str]) -> list[tuple[int, int]] | None:
-    """The chunk spans for ``text``, or None when it fits (or chunking is off)."""
+def plan_chunks(text: str, spec: Spec, settings: Settings, tiers: Sequence[Tier],
+                examples: Sequence[Example] = ()) -> list[tuple[int, int]] | None:
+    """The chunk spans for ``text``, or None when it fits (or chunking is off).
+
+    ``examples`` are the schema's own worked examples (every prompt shows them); a pool's
+    choice depends on the chunk and is not counted.
+    """
     if settings.long_text != "chunk" or settings.truncate:
         return None
-    kinds = {name.partition("@")[0] for name in tier_names}
     count: Callable[[str], int]
-    if kinds & {"local", "repair"}:
+    if any(not tier.remote for tier in tiers):
         # A token is at least one byte: a prompt with fewer bytes than the context fits, and
         # the model (and its load) is not needed to know it.
-        reserve = settings.max_tokens or max(_MIN_OUTPUT_TOKENS, settings.n_ctx // 4)
-        messages = build_messages(spec, text)
+        reserve = settings.max_tokens or max(MIN_OUTPUT_TOKENS, settings.n_ctx // 4)
+        messages = build_messages(spec, text, examples)
         upper = sum(len(m["content"].encode("utf-8")) + _TEMPLATE_TOKENS for m in messages)
         if upper + reserve <= settings.n_ctx:
             return None
@@ -124,7 +129,7 @@ def plan_chunks(text: str, spec: Spec, settings: Settings, tier_names: list[str]
             return model.count_tokens(s)
 
         def prompt_tokens(s: str) -> int:
-            return model.count_tokens(model.render(build_messages(spec, s)))
+            return model.count_tokens(model.render(build_messages(spec, s, examples)))
     elif settings.remote_context_tokens is not None:
         context = settings.remote_context_tokens
 
@@ -132,10 +137,10 @@ def plan_chunks(text: str, spec: Spec, settings: Settings, tier_names: list[str]
             return -(-len(s) // _REMOTE_CHARS_PER_TOKEN)
 
         def prompt_tokens(s: str) -> int:
-            return sum(count(m["content"]) for m in build_messages(spec, s))
+            return sum(count(m["content"]) for m in build_messages(spec, s, examples))
     else:
         return None
-    reserve = settings.max_tokens or max(_MIN_OUTPUT_TOKENS, context // 4)
+    reserve = settings.max_tokens or max(MIN_OUTPUT_TOKENS, context // 4)
     if prompt_tokens(text) + reserve <= context:
         return None
     room = context - prompt_tokens("") - reserve - _EDGE_TOKENS
@@ -216,7 +221,7 @@ def merge_results(spec: Spec, spans: list[tuple[int, int]], results: list[Result
     return Result(value=checked.value, tier="+".join(tiers), attempts=attempts, chunks=chunks, conflicts=conflicts)
 
 
-async def run_chunked(chain: _Chain, text: str, spec: Spec) -> Result | None:
+async def run_chunked(chain: _Chain, text: str, spec: Spec, examples: Sequence[Example] = ()) -> Result | None:
     """The merged Result when ``text`` needs chunks, else None (the caller runs the chain).
 
     Chunks run one after another: the local model serves one generation at a time anyway, and
@@ -224,7 +229,7 @@ async def run_chunked(chain: _Chain, text: str, spec: Spec) -> Result | None:
     """
     if _CHUNK.get() is not None:
         return None  # already a chunk: it fits by construction
-    spans = await asyncio.to_thread(plan_chunks, text, spec, chain.settings, chain.tier_names)
+    spans = await asyncio.to_thread(plan_chunks, text, spec, chain.settings, chain.tiers, examples)
     if spans is None:
         return None
     results: list[Result] = []

@@ -26,9 +26,9 @@ from typing import Any
 
 from extract.errors import ConfigError, UnsupportedSchema
 from extract.settings import Settings
-from extract.spec import Spec, compile_spec, local_constraint, max_output_chars
+from extract.spec import Spec, compile_spec, max_output_chars
 from extract.spec.features import FEATURES, TIER_SUPPORT
-from extract.spec.grammar import _UNSUPPORTED, Grammar, grammar_problems
+from extract.spec.grammar import UNSUPPORTED_CONSTRUCTS, Grammar, grammar_problems
 from extract.tiers import REGISTRY, make_tier
 
 __all__ = ["CheckReport", "CompileTiming", "GrammarFindings", "SpecWarning", "TierVerdict", "check_spec"]
@@ -292,20 +292,13 @@ def _verdict(name: str, spec: Spec, settings: Settings, configured: Sequence[str
 
 
 def _budgets(report: CheckReport, spec: Spec, settings: Settings, text: str) -> None:
-    from extract.tiers.native import closed_schema, output_budget
-
+    """Each tier's own declared output-token limit (``Tier.spend``), as the chain would use it;
+    the local one before a prompt takes its share of the context."""
     if spec.schema is not None:
         own = max_output_chars(spec.schema)
         report.max_output_chars = None if own >= _UNBOUNDED else own
-        # The local tier's rule (LocalTier._budget) without a prompt: the bound plus 8, capped
-        # by the context, or the max_tokens setting.
-        local = max_output_chars(local_constraint(spec, text)) + 8
-        report.local_max_tokens = settings.max_tokens or min(local, settings.n_ctx)
-        report.remote_max_tokens = output_budget(settings, closed_schema(spec, text))
-    else:
-        # A regex or a CFG has no length bound of its own: both sides cap at the default.
-        report.local_max_tokens = settings.max_tokens or 256
-        report.remote_max_tokens = output_budget(settings, None)
+    report.local_max_tokens = make_tier("local", settings).spend(spec, text).output_tokens
+    report.remote_max_tokens = make_tier("native", settings).spend(spec, text).output_tokens
 
 
 def _read_grammar(path: Path) -> tuple[GrammarFindings, Any]:
@@ -333,7 +326,7 @@ def _grammar_findings(text: str, start: str, source: str | None = None) -> Gramm
         lark_error = f"line {exc.line}, column {exc.column}: {str(exc).splitlines()[0]}"
     except lark.exceptions.LarkError as exc:
         lark_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    labels = {f: label for f, _, label in _UNSUPPORTED}
+    labels = {f: label for f, _, label in UNSUPPORTED_CONSTRUCTS}
     problems = [{"feature": f, "line": n, "text": line, "construct": labels[f]}
                 for f, n, line in grammar_problems(text)]
     llg_error: str | None = None
@@ -457,7 +450,7 @@ def _tokenizer(settings: Settings) -> Any:
     registry, else read from the GGUF with ``vocab_only`` (no weights loaded)."""
     from extract.providers import local_model
 
-    for model in local_model._REGISTRY.values():
+    for model in local_model.loaded_models():
         tok = getattr(model, "llg_tokenizer", None)
         if tok is not None:
             return tok

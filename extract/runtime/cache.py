@@ -15,7 +15,9 @@ model and prompt version, and zero usage, since nothing was spent.
 
 Two stores behind one small interface: ``diskcache`` in ``Settings.cache_dir``/results (or the
 user's cache directory) with a size limit, the default; Redis (``cache_url=redis://...``) for
-work spread over several machines. This module imports no tier and no pipeline.
+work spread over several machines. The chain hands in its settings, its tiers (each declares
+which model it runs: ``Tier.identity``) and its examples pool's identity; this module imports
+no concrete tier and not the pipeline.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -33,10 +36,8 @@ from extract.errors import ConfigError, ProviderError
 from extract.settings import Settings
 from extract.spec.model import Spec
 from extract.spec.prompt import PROMPT_VERSION, REPAIR_PROMPT_VERSION
+from extract.tiers.base import Tier
 from extract.types import Attempt, Result
-
-if TYPE_CHECKING:
-    from extract.pipeline import Extractor
 
 __all__ = ["NEUTRAL_SETTINGS", "CacheLookup", "ResultStore", "cache_key", "lookup", "model_identity", "open_store",
            "result_from_json", "result_to_json"]
@@ -53,7 +54,6 @@ NEUTRAL_SETTINGS = frozenset({
     "cache", "cache_dir", "cache_url", "cache_size_limit", "prices", "budget_tokens", "budget_usd",
     "tiers",
 })
-_LOCAL_TIERS = ("local", "repair")
 
 
 class ResultStore(Protocol):
@@ -132,52 +132,29 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-async def model_identity(extractor: Extractor) -> list[Any]:
-    """Which model each tier of the chain runs: weights digest, or endpoint and served model."""
-    from extract.providers.openai_compat import Connection, Endpoint
-
-    ids: list[Any] = []
-    for tier in extractor.tiers:
-        if tier.unavailable() is not None:
-            ids.append([tier.name, "unavailable"])
-        elif hasattr(tier, "endpoint_name"):
-            endpoint = Endpoint.from_settings(extractor.settings, tier.endpoint_name)
-            served = endpoint.model
-            if served is None:
-                async with Connection(endpoint) as conn:
-                    served = await conn.served_model()
-            ids.append([tier.name, endpoint.base_url, served])
-        elif tier.name in _LOCAL_TIERS:
-            from extract.providers.local_model import embedded_model_path, file_digest
-
-            path = extractor.settings.model_path or embedded_model_path()
-            ids.append([tier.name, extractor.settings.backend, file_digest(path) if path.exists() else str(path)])
-        else:
-            ids.append([tier.name])
-    return ids
+async def model_identity(tiers: Sequence[Tier]) -> list[Any]:
+    """Which model each tier of the chain runs, as the tier declares it (``Tier.identity``)."""
+    return [[tier.name, "unavailable"] if tier.unavailable() is not None else await tier.identity()
+            for tier in tiers]
 
 
-def _examples_identity(extractor: Extractor) -> Any:
-    pool = getattr(extractor, "examples", None)
-    if pool is None:
-        return None
-    return {name: getattr(pool, name, None) for name in ("raw", "k", "select", "measure")}
+async def cache_key(spec: Spec, text: str, *, settings: Settings, tiers: Sequence[Tier], examples: Any) -> str:
+    """The content address of extracting ``spec`` from ``text`` with this chain.
 
-
-async def cache_key(extractor: Extractor, spec: Spec, text: str) -> str:
-    """The content address of extracting ``spec`` from ``text`` with this Extractor."""
-    settings = {k: v for k, v in extractor.settings.model_dump(mode="json").items() if k not in NEUTRAL_SETTINGS}
+    ``examples`` is the examples pool's identity (``ExamplePool.identity``), None without one.
+    """
+    kept = {k: v for k, v in settings.model_dump(mode="json").items() if k not in NEUTRAL_SETTINGS}
     parts = {
         "format": CACHE_FORMAT,
         "spec": [spec.kind, spec.digest, spec.name,
                  f"{spec.model.__module__}.{spec.model.__qualname__}" if spec.model is not None else None],
         "text": text,
-        "tiers": extractor.tier_names,
-        "models": await model_identity(extractor),
+        "tiers": [tier.name for tier in tiers],
+        "models": await model_identity(tiers),
         "prompts": [PROMPT_VERSION, REPAIR_PROMPT_VERSION],
         "sampling": SAMPLING,
-        "examples": _examples_identity(extractor),
-        "settings": settings,
+        "examples": examples,
+        "settings": kept,
     }
     payload = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_jsonable)
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -236,19 +213,19 @@ def _hit(data: dict[str, Any], spec: Spec, key: str, started: float, where: str)
     return stored.model_copy(update={"attempts": [attempt], "cache_hit": True})
 
 
-async def lookup(extractor: Extractor, spec: Spec, text: str) -> CacheLookup:
+async def lookup(store: ResultStore | None, spec: Spec, text: str, *, settings: Settings,
+                 tiers: Sequence[Tier], examples: Any) -> CacheLookup:
     """The cached Result for this work, or an empty lookup to ``save`` the fresh one into.
 
     Grammar specs are not cached (a transformer may build any Python object). A key that
     cannot be computed (the endpoint does not answer /models) or a store that fails is a miss:
     the chain then runs and records what went wrong.
     """
-    store: ResultStore | None = getattr(extractor, "cache", None)
     if store is None or spec.kind == "grammar":
         return CacheLookup(None, None, spec)
     started = time.perf_counter()
     try:
-        key = await cache_key(extractor, spec, text)
+        key = await cache_key(spec, text, settings=settings, tiers=tiers, examples=examples)
     except (ProviderError, ConfigError):
         return CacheLookup(None, None, spec)
     try:

@@ -33,7 +33,7 @@ from extract.report.render import CORPUS_SCHEMA, load_rows, render
 from extract.spec import compile_spec
 from extract.types import Attempt, AttemptError
 
-__all__ = ["CORPUS_PROMPT", "POLICIES", "BenchRun", "read_suite", "run_bench"]
+__all__ = ["CORPUS_PROMPT", "POLICIES", "BenchItem", "BenchRun", "done_keys", "item_rows", "read_suite", "run_bench"]
 
 # A policy is one tier alone or the default chain (None: Settings.default_tiers()).
 POLICIES: dict[str, list[str] | None] = {
@@ -107,18 +107,18 @@ def read_suite(path: Path) -> list[dict[str, Any]]:
 
 
 @dataclass
-class _Item:
+class BenchItem:
     id: str
     line: int
     row: Any
     problem: str | None = None
 
 
-def _read_items(run: BenchRun, sample: int | None, seed: int) -> list[_Item]:
+def _read_items(run: BenchRun, sample: int | None, seed: int) -> list[BenchItem]:
     """The data rows (filtered by ``where``, then sampled with ``seed``), each with a stable id."""
     if not run.data.is_file():
         raise ConfigError(f"--data {run.data}: no such file")
-    items: list[_Item] = []
+    items: list[BenchItem] = []
     seen: set[str] = set()
     with run.data.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
@@ -127,10 +127,10 @@ def _read_items(run: BenchRun, sample: int | None, seed: int) -> list[_Item]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                items.append(_Item(f"line-{n}", n, None, f"line {n} is not JSON: {exc.msg}"))
+                items.append(BenchItem(f"line-{n}", n, None, f"line {n} is not JSON: {exc.msg}"))
                 continue
             if not isinstance(row, dict):
-                items.append(_Item(f"line-{n}", n, None, f"line {n} is not a JSON object"))
+                items.append(BenchItem(f"line-{n}", n, None, f"line {n} is not a JSON object"))
                 continue
             if any(str(row.get(k)) != v for k, v in run.where.items()):
                 continue
@@ -138,7 +138,7 @@ def _read_items(run: BenchRun, sample: int | None, seed: int) -> list[_Item]:
             if ident in seen:
                 ident = f"{ident}#{n}"
             seen.add(ident)
-            items.append(_Item(ident, n, row))
+            items.append(BenchItem(ident, n, row))
     if sample is not None and sample < len(items):
         picked = sorted(random.Random(seed).sample(range(len(items)), sample))
         items = [items[i] for i in picked]
@@ -154,7 +154,7 @@ def _schema_fields(spec: Any) -> set[str] | None:
     return set(props) if isinstance(props, dict) else None
 
 
-def _bad(run: BenchRun, policy: str, item: _Item, message: str, **details: Any) -> list[dict[str, Any]]:
+def _bad(run: BenchRun, policy: str, item: BenchItem, message: str, **details: Any) -> list[dict[str, Any]]:
     attempt = Attempt(
         tier=policy, skipped=True,
         error=AttemptError(type="bad_row", message=message, details=[{"line": item.line, **details}]),
@@ -164,7 +164,7 @@ def _bad(run: BenchRun, policy: str, item: _Item, message: str, **details: Any) 
              "item_tier": None, "item_value": None, "item_latency_s": 0.0, "gold": None}]
 
 
-def _skipped(run: BenchRun, policy: str, item: _Item, attempts: list[Attempt],
+def _skipped(run: BenchRun, policy: str, item: BenchItem, attempts: list[Attempt],
              gold: Any = None) -> list[dict[str, Any]]:
     from extract.types import Result
 
@@ -172,8 +172,8 @@ def _skipped(run: BenchRun, policy: str, item: _Item, attempts: list[Attempt],
                            policy=policy, item=item.id, latency_s=0.0, gold=gold)
 
 
-def _one(run: BenchRun, policy: str, extractor: Extractor | None, unavailable: list[Attempt],
-         item: _Item) -> list[dict[str, Any]]:
+def item_rows(run: BenchRun, policy: str, extractor: Extractor | None, unavailable: list[Attempt],
+              item: BenchItem) -> list[dict[str, Any]]:
     """The attempt rows of one item under one policy; never raises for a bad row."""
     where = f"row {item.line} (id {item.id!r})"
     if item.problem is not None or not isinstance(item.row, dict):
@@ -257,7 +257,7 @@ def _warm_up(extractor: Extractor) -> None:
         return
 
 
-def _resume(path: Path) -> set[tuple[str, str, str, str]]:
+def done_keys(path: Path) -> set[tuple[str, str, str, str]]:
     """Finished (data, schema, policy, item) keys; rewrites the file without a cut tail."""
     if not path.exists():
         return set()
@@ -277,12 +277,12 @@ def _resume(path: Path) -> set[tuple[str, str, str, str]]:
 
 def _progress(total: int) -> Any:
     """A rich progress bar with rate and ETA on a terminal; nothing at all otherwise."""
-    from extract.batch import progress_bar
+    from extract.front.batch import progress_bar
 
     return progress_bar()
 
 
-def _plan(runs: Sequence[BenchRun], sample: int | None, seed: int) -> Iterator[tuple[BenchRun, list[_Item]]]:
+def _plan(runs: Sequence[BenchRun], sample: int | None, seed: int) -> Iterator[tuple[BenchRun, list[BenchItem]]]:
     for run in runs:
         yield run, _read_items(run, sample, seed)
 
@@ -307,7 +307,7 @@ def run_bench(
     if command:
         (out / "command.txt").write_text(command + "\n", encoding="utf-8")
     path = out / "attempts.jsonl"
-    done = _resume(path)
+    done = done_keys(path)
     planned = list(_plan(runs, sample, seed))
     todo = sum(
         1 for run, items in planned for p in run.policies for it in items
@@ -340,7 +340,7 @@ def run_bench(
                     warmed.add(policy)
                 progress.update(task, description=f"{run.label} · {policy}")
                 for item in pending:
-                    rows = _one(run, policy, extractor, unavailable, item)
+                    rows = item_rows(run, policy, extractor, unavailable, item)
                     sink.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
                     sink.flush()
                     os.fsync(sink.fileno())
