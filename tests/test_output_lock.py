@@ -22,14 +22,9 @@ import pytest
 
 from extract import ConfigError, Extractor
 from extract.front.batch import OutputLocked, hold_output, run_jsonl
+from tests.test_batch import CITY
 
 REPO = Path(__file__).resolve().parent.parent
-CITY = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "maxLength": 24}},
-    "required": ["city"],
-    "additionalProperties": False,
-}
 CITIES = ["Paris", "Lyon", "Berlin", "Madrid", "Rome", "Oslo"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "EXTRACT_CACHE": "false"}
 
