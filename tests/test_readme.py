@@ -131,6 +131,11 @@ def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "EXTRACT_BASE_URL"}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    # Under the suite's own `uv run` (the README's test command), Ray sees `uv run` among a
+    # snippet's parent processes and would start its workers with `uv run` in the snippet's
+    # folder, which refuses a scratch folder whose pyproject.toml is a link to the repository's.
+    # The workers then use this interpreter, as for a user who runs the snippet from the root.
+    env["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
     env.update(extra)
     return env
 

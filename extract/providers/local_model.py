@@ -19,6 +19,7 @@ This module imports no tier.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextlib
 import importlib.metadata
@@ -465,6 +466,23 @@ def _llg_tokenizer(vocab: Any) -> Any:
 
 _REGISTRY: dict[tuple[Any, ...], LocalModel] = {}
 _REGISTRY_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_models() -> None:
+    """Free llama.cpp models before the interpreter tears its modules down.
+
+    Left to the garbage collector at exit, ``Llama.__del__`` runs after llama-cpp-python's
+    own module globals are gone and prints "TypeError: 'NoneType' object is not callable"
+    for every model a process loaded.
+    """
+    with _REGISTRY_LOCK:
+        models = list(_REGISTRY.values())
+        _REGISTRY.clear()
+    for model in models:
+        llm = getattr(model, "llm", None)
+        if llm is not None and hasattr(llm, "close"):
+            llm.close()
 
 
 def load_local_model(settings: Settings) -> LocalModel:
