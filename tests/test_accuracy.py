@@ -61,7 +61,7 @@ def test_prompt_renders_the_spec_its_examples_and_frames_the_text() -> None:
     last = messages[-1]["content"]
     assert last.startswith(OPEN) and last.endswith(CLOSE)
     assert last.count(CLOSE) == 1  # the fake closer inside the text is defused
-    assert PROMPT_VERSION == "extract-v3"
+    assert PROMPT_VERSION == "extract-v4"
 
 
 def test_similarity_selection_is_deterministic_and_prefers_the_closer_example() -> None:

@@ -25,7 +25,12 @@ __all__ = [
     "frame_text",
 ]
 
-PROMPT_VERSION = "extract-v3"
+# extract-v4: patterns are no longer shown. A small model cannot read a regular expression;
+# the constraint enforces it and the description says it. Measured on usaddress with the
+# shipped Address schema, local tier: zero-shot field F1 0.481 -> 0.476 on 199 holdout rows
+# with 638 -> 472 prompt tokens a record, and 0.77 -> 0.78 with six similar examples on 39
+# (1118 -> 952 tokens): 166 prompt tokens fewer, and 0.7 s off a first extraction.
+PROMPT_VERSION = "extract-v4"
 
 
 @dataclass(frozen=True)
@@ -76,11 +81,6 @@ def frame_text(text: str) -> str:
     return f"{OPEN}\n{defuse(text)}\n{CLOSE}"
 
 
-# A longer pattern (a vocabulary, e.g. every USPS street suffix) would fill a small model's
-# context with regex it cannot read; the constraint enforces it and the description says it.
-_PATTERN_PROMPT_CHARS = 80
-
-
 def _type_of(node: dict[str, Any]) -> str:
     if "enum" in node:
         return "one of " + ", ".join(json.dumps(v) for v in node["enum"])
@@ -99,8 +99,6 @@ def _type_of(node: dict[str, Any]) -> str:
         return " or ".join(t)
     if "format" in node:
         return f"{t} ({node['format']})"
-    if "pattern" in node and len(node["pattern"]) <= _PATTERN_PROMPT_CHARS:
-        return f"{t} matching /{node['pattern']}/"
     return str(t)
 
 
