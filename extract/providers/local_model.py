@@ -216,13 +216,14 @@ class LlamaCppModel:
         self.executor: concurrent.futures.Executor = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="llamacpp"
         )
+        threads = settings.n_threads or max(1, os.cpu_count() or 1)
         try:
             with llama_load_params(extra_buffers=settings.extra_buffers):
                 self.llm = llama_cpp.Llama(
                     model_path=str(path),
                     n_ctx=settings.n_ctx,
-                    n_threads=settings.n_threads or max(1, os.cpu_count() or 1),
-                    n_threads_batch=settings.n_threads or max(1, os.cpu_count() or 1),
+                    n_threads=threads,
+                    n_threads_batch=threads,
                     seed=0,
                     verbose=False,
                 )
@@ -237,13 +238,13 @@ class LlamaCppModel:
             )
         # llguidance reads the vocabulary straight from llama.cpp; Outlines (2 s to import,
         # 8 s when torch is installed) is loaded only for decoder="outlines".
-        self.llg_tokenizer = _llg_tokenizer(llama_cpp.llama_model_get_vocab(self.llm.model))
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.llg_tokenizer = _llg_tokenizer(vocab)
         self._outlines: tuple[Any, Any] | None = None
         self.info = ModelInfo(name=path.name, digest=file_digest(path), backend="llamacpp",
                               extra_buffers=settings.extra_buffers)
         self._eos = {self.llm.token_eos()}
         self._nulls: tuple[list[int], int | None] | None = None
-        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         for tok in range(self.llm.n_vocab()):
             if llama_cpp.llama_vocab_is_eog(vocab, tok):
                 self._eos.add(tok)
