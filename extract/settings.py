@@ -122,7 +122,11 @@ class Settings(BaseSettings):
         description="Cut text that does not fit the context (recorded on the Attempt) "
         "instead of raising ConfigError.",
     )
-    cache_dir: Path | None = None
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Where the result cache, saved prompt prefixes and converted models live; None: "
+        "the user's cache directory (platformdirs).",
+    )
     cache: bool = Field(
         default=True,
         description="Serve a repeated extraction from the result cache (extract.runtime.cache) instead "
@@ -132,6 +136,13 @@ class Settings(BaseSettings):
         default=None,
         description="redis://host:port/db to share the result cache between machines; None keeps "
         "it on disk in cache_dir/results (default: the user's cache directory).",
+    )
+    prefix_cache: bool = Field(
+        default=True,
+        description="llama.cpp backend: save the evaluated shared prompt prefix (instructions, "
+        "schema, the schema's own examples) in cache_dir/prefix-kv, so a new process loads it "
+        "instead of evaluating it again (keyed by the weights, the llama.cpp build and the prefix's "
+        "tokens; a corrupt file is discarded and rebuilt).",
     )
     cache_size_limit: int = Field(
         default=2**30, ge=1 << 20,
@@ -240,6 +251,14 @@ class Settings(BaseSettings):
                 for e in exc.errors()
             )
             raise ConfigError(f"invalid settings: {problems}") from None
+
+    def cache_root(self) -> Path:
+        """The folder every on-disk cache lives under: ``cache_dir``, else the user's cache directory."""
+        if self.cache_dir is not None:
+            return self.cache_dir
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("extract"))
 
     def default_tiers(self) -> list[str]:
         """The chain to run when the caller names none."""

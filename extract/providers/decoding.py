@@ -99,6 +99,9 @@ class Generation:
     finish_reason: str  # "stop" (EOS or grammar complete) or "length"
     seconds: float
     forced_tokens: int = 0
+    # Where the KV cache of the prompt's shared prefix came from: "memory" (this process),
+    # "disk" (the prefix store), "evaluated", or "none" (no prefix given, or not llama.cpp).
+    prefix_source: str = "none"
 
 
 def outlines_processor(backend: Any, grammar: Constraint) -> Any:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from extract.errors import ConfigError, ProviderError
 from extract.providers.decoding import Constraint, Generation, file_digest, outlines_processor
+from extract.providers.prefix_cache import PrefixStore
 from extract.settings import Settings
 from extract.types import ModelInfo
 
@@ -195,7 +196,7 @@ class LocalModel(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
-                 null_penalty: float = 0.0) -> Generation: ...
+                 null_penalty: float = 0.0, prefix: str | None = None) -> Generation: ...
 
 
 class LlamaCppModel:
@@ -239,16 +240,30 @@ class LlamaCppModel:
         # llguidance reads the vocabulary straight from llama.cpp; Outlines (2 s to import,
         # 8 s when torch is installed) is loaded only for decoder="outlines".
         vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        self.llg_tokenizer = _llg_tokenizer(vocab)
         self._outlines: tuple[Any, Any] | None = None
         self.info = ModelInfo(name=path.name, digest=file_digest(path), backend="llamacpp",
                               extra_buffers=settings.extra_buffers)
+        # The vocabulary's spellings are read from llama.cpp once per weights file and kept
+        # with the saved prefixes (0.25 s of a first extraction otherwise).
+        spellings = None
+        if settings.prefix_cache:
+            spellings = PrefixStore(settings.cache_root() / "vocab",
+                                    f"{self.info.digest}|vocab|llama_cpp={llama_cpp.__version__}")
+        self.llg_tokenizer = _llg_tokenizer(vocab, spellings)
         self._eos = {self.llm.token_eos()}
         self._nulls: tuple[list[int], int | None] | None = None
         for tok in range(self.llm.n_vocab()):
             if llama_cpp.llama_vocab_is_eog(vocab, tok):
                 self._eos.add(tok)
         self._formatter = self._chat_formatter()
+        # Saved prompt prefixes are only valid for these weights, loaded this way, by this
+        # build of llama.cpp (its state layout).
+        self._prefixes: PrefixStore | None = None
+        if settings.prefix_cache:
+            self._prefixes = PrefixStore(
+                settings.cache_root() / "prefix-kv",
+                f"{self.info.digest}|extra_buffers={settings.extra_buffers}|llama_cpp={llama_cpp.__version__}",
+            )
         # Feed grammar-forced tokens in one batch; off only to measure what it buys.
         self.fast_forward = True
 
@@ -279,13 +294,18 @@ class LlamaCppModel:
         return len(self._tokenize(text))
 
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
-                 null_penalty: float = 0.0) -> Generation:
+                 null_penalty: float = 0.0, prefix: str | None = None) -> Generation:
         """Greedy constrained decoding; ``null_penalty`` (fast decoder only) is subtracted from
-        the logits of ``null`` wherever the grammar also allows a string to start there."""
+        the logits of ``null`` wherever the grammar also allows a string to start there.
+
+        ``prefix``: the start of ``prompt`` that other documents of the same spec share
+        (``extract.spec.prompt.shared_prefix``). It is evaluated on its own, reused from memory
+        or from the prefix store, so a value never depends on what this process decoded before.
+        """
         with self._lock:  # one llama context: decodes are serialised per model
             if self._decoder == "outlines":
                 return self._generate_outlines(prompt, grammar, max_tokens)
-            return self._generate_fast(prompt, grammar, max_tokens, null_penalty)
+            return self._generate_fast(prompt, grammar, max_tokens, null_penalty, prefix)
 
     def _null_tokens(self) -> tuple[list[int], int | None]:
         """(tokens that spell ``null`` or a prefix of it, the token of a lone ``"``), cached."""
@@ -302,7 +322,7 @@ class LlamaCppModel:
         return self._nulls
 
     def _generate_fast(self, prompt: str, grammar: Constraint | None, max_tokens: int,
-                       null_penalty: float = 0.0) -> Generation:
+                       null_penalty: float = 0.0, prefix: str | None = None) -> Generation:
         import llama_cpp
         import llguidance
         import llguidance.numpy as llg_np
@@ -316,7 +336,7 @@ class LlamaCppModel:
                 f"the prompt has {len(prompt_tokens)} tokens, more than the context of {self.n_ctx}"
             )
         max_tokens = min(max_tokens, self.n_ctx - len(prompt_tokens))
-        self._eval_prompt(prompt_tokens)
+        prefix_source = self._eval_prompt(prompt_tokens, self._prefix_length(prompt_tokens, prefix))
         matcher = None
         bitmask = None
         if grammar is not None:
@@ -377,15 +397,34 @@ class LlamaCppModel:
             finish_reason=finish,
             seconds=time.perf_counter() - start,
             forced_tokens=forced,
+            prefix_source=prefix_source,
         )
 
-    def _eval_prompt(self, prompt_tokens: list[int]) -> None:
-        """Evaluate the prompt, reusing the KV cache for the prefix it shares with the last one.
+    def _prefix_length(self, prompt_tokens: list[int], prefix: str | None) -> int:
+        """How many leading tokens of the prompt are the shared prefix (0: none given).
+
+        The prefix is tokenized alone and compared, so a token that merges across the
+        boundary is left to the document's part.
+        """
+        if not prefix:
+            return 0
+        n = 0
+        for a, b in zip(self._tokenize(prefix), prompt_tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        return min(n, len(prompt_tokens) - 1)  # evaluate at least one token for logits
+
+    def _eval_prompt(self, prompt_tokens: list[int], prefix_len: int = 0) -> str:
+        """Evaluate the prompt, reusing a KV cache for its shared prefix; says where that came from.
 
         Prompts for one spec share the instructions and differ only in the document at the
-        end; on 2 cores prompt evaluation runs at ~230 tokens/s, so re-evaluating a 470-token
-        prefix for every record would cost 2 s each. Causal attention makes the cached prefix
-        exactly what a fresh evaluation would compute.
+        end; on 2 cores prompt evaluation runs at ~230 tokens/s, so re-evaluating a 330-token
+        prefix for every record would cost 1.4 s each. Causal attention makes a cached prefix
+        what a fresh evaluation computes. With a prefix given, the KV cache is either the whole
+        prefix (from memory, or loaded from the prefix store) or rebuilt from nothing, and the
+        rest is always evaluated in one go: a value never depends on what ran before it.
+        Returns "memory", "disk", "evaluated" (then saved when the store is on), or "none".
         """
         llm = self.llm
         cached = llm.input_ids[: llm.n_tokens].tolist()
@@ -394,9 +433,64 @@ class LlamaCppModel:
             if a != b:
                 break
             keep += 1
-        keep = min(keep, len(prompt_tokens) - 1)  # evaluate at least one token for logits
-        llm.n_tokens = keep  # eval() drops the KV cache past n_tokens
-        llm.eval(prompt_tokens[keep:])
+        if not prefix_len:
+            keep = min(keep, len(prompt_tokens) - 1)  # evaluate at least one token for logits
+            llm.n_tokens = keep  # eval() drops the KV cache past n_tokens
+            llm.eval(prompt_tokens[keep:])
+            return "none"
+        prefix = prompt_tokens[:prefix_len]
+        source = "memory"
+        if keep < prefix_len:
+            source = "disk" if self._load_prefix(prefix) else "evaluated"
+            if source == "evaluated":
+                llm.n_tokens = 0
+                llm.eval(prefix)
+                self._save_prefix(prefix)
+        llm.n_tokens = prefix_len
+        llm.eval(prompt_tokens[prefix_len:])
+        return source
+
+    def _load_prefix(self, prefix: list[int]) -> bool:
+        """Put the stored KV state of ``prefix`` into sequence 0; False when none is usable."""
+        if self._prefixes is None:
+            return False
+        state = self._prefixes.load(prefix)
+        if state is None:
+            return False
+        import ctypes
+
+        import llama_cpp
+
+        llm = self.llm
+        ctx = llm._ctx.ctx
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        llm.n_tokens = 0
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_cpp.llama_state_seq_set_data(ctx, buf, len(state), 0) != len(state):
+            # llama.cpp refused it (another layout): drop the file and evaluate instead.
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            self._prefixes.path(prefix).unlink(missing_ok=True)
+            return False
+        llm.input_ids[: len(prefix)] = prefix
+        llm.n_tokens = len(prefix)
+        return True
+
+    def _save_prefix(self, prefix: list[int]) -> None:
+        """Store sequence 0's KV state (exactly ``prefix`` evaluated); a full disk is not an error."""
+        if self._prefixes is None:
+            return
+        import ctypes
+
+        import llama_cpp
+
+        ctx = self.llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        if written != size:
+            return
+        with contextlib.suppress(OSError):
+            self._prefixes.save(prefix, bytes(buf))
 
     def _outlines_parts(self) -> tuple[Any, Any]:
         """Outlines' model wrapper and llguidance backend, built on first use."""
@@ -430,18 +524,55 @@ class LlamaCppModel:
         )
 
 
-def _llg_tokenizer(vocab: Any) -> Any:
+def _llg_tokenizer(vocab: Any, store: PrefixStore | None = None) -> Any:
     """llguidance's tokenizer for a llama.cpp vocabulary.
 
     The same construction as ``llguidance.llamacpp.lltokenizer_from_vocab``, but reading
     token attributes with ``llama_vocab_get_attr``: that function calls the deprecated
     ``llama_token_get_attr``, whose warning machinery ran 49k times per load (0.45 s of a
-    1.1 s build, measured, on the path to the first extraction).
+    1.1 s build, measured, on the path to the first extraction). The spellings come from
+    ``store`` when it has them for these weights.
     """
     import ctypes
 
     import llama_cpp
     from llguidance import LLTokenizer
+
+    tokens = _spellings(vocab) if store is None else _load_spellings(store, vocab)
+    tokenize = ctypes.cast(llama_cpp.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+    return LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+        tokens=tokens, vocab_ptr=vocab, tokenize_fptr=tokenize,
+        eos_token=llama_cpp.llama_vocab_eos(vocab), slices=None,
+    )
+
+
+def _load_spellings(store: PrefixStore, vocab: Any) -> list[bytes]:
+    """The spellings kept in ``store`` (length-prefixed), else read and kept there."""
+    import struct
+
+    import llama_cpp
+
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+    blob = store.load([n_vocab])
+    if blob is not None and len(blob) >= 4 * n_vocab:
+        lengths = struct.unpack(f"<{n_vocab}I", blob[: 4 * n_vocab])
+        if 4 * n_vocab + sum(lengths) == len(blob):
+            out, at = [], 4 * n_vocab
+            for n in lengths:
+                out.append(blob[at:at + n])
+                at += n
+            return out
+    tokens = _spellings(vocab)
+    with contextlib.suppress(OSError):
+        store.save([n_vocab], struct.pack(f"<{n_vocab}I", *map(len, tokens)) + b"".join(tokens))
+    return tokens
+
+
+def _spellings(vocab: Any) -> list[bytes]:
+    """Every token's bytes as llguidance wants them: special tokens behind a 0xFF byte."""
+    import ctypes
+
+    import llama_cpp
 
     buffer_len = 16 * 1024
     buffer = ctypes.create_string_buffer(buffer_len + 1)
@@ -458,11 +589,7 @@ def _llg_tokenizer(vocab: Any) -> Any:
         if attr & control or (attr & user_defined and tok.startswith(b"<") and tok.endswith(b">")):
             tok = b"\xff" + tok
         tokens.append(tok)
-    tokenize = ctypes.cast(llama_cpp.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
-    return LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
-        tokens=tokens, vocab_ptr=vocab, tokenize_fptr=tokenize,
-        eos_token=llama_cpp.llama_vocab_eos(vocab), slices=None,
-    )
+    return tokens
 
 
 _REGISTRY: dict[tuple[Any, ...], LocalModel] = {}
@@ -494,8 +621,10 @@ def load_local_model(settings: Settings) -> LocalModel:
             f"model file {path} does not exist; pass model_path= or set EXTRACT_MODEL_PATH "
             "to a GGUF file or a transformers model directory"
         )
+    # The prefix store's folder is fixed at load: another cache_dir gets its own model.
+    prefixes = str(settings.cache_root()) if settings.prefix_cache and settings.backend == "llamacpp" else None
     key = (settings.backend, str(path.resolve()), settings.n_ctx, settings.n_threads, settings.decoder,
-           settings.extra_buffers)
+           settings.extra_buffers, prefixes)
     with _REGISTRY_LOCK:
         model = _REGISTRY.get(key)
         if model is None:

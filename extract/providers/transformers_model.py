@@ -26,10 +26,7 @@ __all__ = ["TransformersModel", "converted_cache_dir"]
 
 def converted_cache_dir(settings: Settings, digest: str) -> Path:
     """Where a GGUF converted by transformers is kept between processes."""
-    import platformdirs
-
-    root = settings.cache_dir or Path(platformdirs.user_cache_dir("extract"))
-    return root / "transformers" / digest.replace(":", "-")
+    return settings.cache_root() / "transformers" / digest.replace(":", "-")
 
 
 class TransformersModel:
@@ -102,8 +99,9 @@ class TransformersModel:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
-                 null_penalty: float = 0.0) -> Generation:
-        """Outlines' generator; ``null_penalty`` is a llama.cpp fast-decoder lever, not applied here."""
+                 null_penalty: float = 0.0, prefix: str | None = None) -> Generation:
+        """Outlines' generator; ``null_penalty`` and ``prefix`` are llama.cpp fast-decoder
+        levers (logit penalty, prefix KV reuse), not applied here."""
         start = time.perf_counter()
         n_in = self.count_tokens(prompt)
         if n_in + 1 > self.n_ctx:

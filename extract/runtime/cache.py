@@ -113,10 +113,7 @@ def open_store(settings: Settings) -> ResultStore | None:
             raise ConfigError(f"cache_url must be a redis:// URL, got {url.split('@')[-1][:40]!r}")
         ident = ("redis", url, 0)
     else:
-        import platformdirs
-
-        root = settings.cache_dir or Path(platformdirs.user_cache_dir("extract"))
-        ident = ("disk", str(root / "results"), settings.cache_size_limit)
+        ident = ("disk", str(settings.cache_root() / "results"), settings.cache_size_limit)
     store = _STORES.get(ident)
     if store is None:
         store = RedisStore(ident[1]) if ident[0] == "redis" else DiskStore(Path(ident[1]), ident[2])

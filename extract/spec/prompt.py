@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "build_repair_messages",
     "describe_fields",
     "frame_text",
+    "shared_prefix",
 ]
 
 # extract-v4: patterns are no longer shown. A small model cannot read a regular expression;
@@ -155,6 +156,25 @@ def build_messages(spec: Spec, text: str, examples: Sequence[Example] = ()) -> l
     head = f"{task}\n\n" if len(messages) == 1 else ""
     messages.append({"role": "user", "content": head + frame_text(text)})
     return messages
+
+
+_SENTINEL = "\x00extract-document\x00"
+
+
+def shared_prefix(render: Callable[[list[dict[str, str]]], str], spec: Spec,
+                  examples: Sequence[Example] = ()) -> str:
+    """The start of every rendered prompt for ``spec`` that no document changes.
+
+    It ends where the first per-document text begins: the first example from a user's pool
+    (``index >= 0``; chosen per document) or the document itself. The schema's own examples
+    are the same for every document and stay inside. ``render`` is the model's chat
+    template; rendering with a placeholder document finds the boundary whatever the template
+    puts around the turns.
+    """
+    fixed = [ex for ex in examples if ex.index < 0]
+    rendered = render(build_messages(spec, _SENTINEL, fixed))
+    cut = rendered.find(_SENTINEL)
+    return rendered[:cut] if cut > 0 else ""
 
 
 REPAIR_PROMPT_VERSION = "repair-v1"

@@ -21,7 +21,7 @@ from extract.providers.local_model import Constraint, LocalModel, embedded_model
 from extract.settings import Settings
 from extract.spec import Spec, ensure_supported, local_constraint
 from extract.spec.grammar import object_lark
-from extract.spec.prompt import PROMPT_VERSION, Example, build_messages
+from extract.spec.prompt import PROMPT_VERSION, Example, build_messages, shared_prefix
 from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
 from extract.tiers.base import MIN_OUTPUT_TOKENS, Spend, Task, output_token_limit
 from extract.types import Attempt, Usage
@@ -191,7 +191,11 @@ class LocalTier:
         penalty = self.settings.null_penalty if all_keys else 0.0
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        gen = await loop.run_in_executor(model.executor, model.generate, prompt, grammar, budget, penalty)
+        prefix = shared_prefix(model.render, spec, task.examples)
+        if not prompt.startswith(prefix):
+            prefix = ""  # an example order this prompt does not follow: no shared prefix to reuse
+        gen = await loop.run_in_executor(
+            model.executor, model.generate, prompt, grammar, budget, penalty, prefix)
         truncated = gen.finish_reason == "length"
         checked = check(gen.text, spec, truncated=truncated)
         error = checked.error
@@ -213,6 +217,7 @@ class LocalTier:
                     "decoder": self.settings.decoder if model.info.backend == "llamacpp" else "outlines",
                     "max_tokens": budget,
                     "forced_tokens": gen.forced_tokens,
+                    "prefix_kv": gen.prefix_source,
                     **({"all_keys": True, "null_penalty": penalty} if all_keys else {}),
                     "input_chars": len(text),
                     **({"original_chars": len(task.text)} if cut else {}),
