@@ -249,7 +249,8 @@ class LlamaCppModel:
         if settings.prefix_cache:
             spellings = PrefixStore(settings.cache_root() / "vocab",
                                     f"{self.info.digest}|vocab|llama_cpp={llama_cpp.__version__}")
-        self.llg_tokenizer = _llg_tokenizer(vocab, spellings)
+        self._spellings = _spellings(vocab) if spellings is None else _load_spellings(spellings, vocab)
+        self.llg_tokenizer = _llg_tokenizer(vocab, self._spellings)
         self._eos = {self.llm.token_eos()}
         self._nulls: tuple[list[int], int | None] | None = None
         for tok in range(self.llm.n_vocab()):
@@ -312,8 +313,10 @@ class LlamaCppModel:
         if self._nulls is None:
             ids = []
             quote = None
-            for tok in range(self.llm.n_vocab()):
-                piece = self.llm.detokenize([tok]).decode("utf-8", errors="replace")
+            for tok, spelling in enumerate(self._spellings):
+                if spelling.startswith(b"\xff"):
+                    continue  # a control token: never part of a JSON value
+                piece = spelling.decode("utf-8", errors="replace")
                 if piece.lstrip() and "null".startswith(piece.lstrip()):
                     ids.append(tok)
                 if piece == '"':
@@ -524,21 +527,20 @@ class LlamaCppModel:
         )
 
 
-def _llg_tokenizer(vocab: Any, store: PrefixStore | None = None) -> Any:
+def _llg_tokenizer(vocab: Any, tokens: list[bytes]) -> Any:
     """llguidance's tokenizer for a llama.cpp vocabulary.
 
     The same construction as ``llguidance.llamacpp.lltokenizer_from_vocab``, but reading
     token attributes with ``llama_vocab_get_attr``: that function calls the deprecated
     ``llama_token_get_attr``, whose warning machinery ran 49k times per load (0.45 s of a
-    1.1 s build, measured, on the path to the first extraction). The spellings come from
-    ``store`` when it has them for these weights.
+    1.1 s build, measured, on the path to the first extraction). ``tokens`` are the
+    spellings (``_spellings``), read once per weights file.
     """
     import ctypes
 
     import llama_cpp
     from llguidance import LLTokenizer
 
-    tokens = _spellings(vocab) if store is None else _load_spellings(store, vocab)
     tokenize = ctypes.cast(llama_cpp.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
     return LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
         tokens=tokens, vocab_ptr=vocab, tokenize_fptr=tokenize,
