@@ -100,28 +100,37 @@ UNSUPPORTED = {
 }
 
 
-def test_local_refuses_unique_items_by_name_and_the_exit_code_says_so(tmp_path: Path) -> None:
+def test_local_checks_unique_items_after_and_refuses_what_llguidance_cannot_compile(tmp_path: Path) -> None:
     report = check_spec(UNSUPPORTED, tiers=["local"])
     local = next(t for t in report.tiers if t.tier == "local")
-    assert not local.supported and local.feature == "unique_items"
-    assert local.reason is not None and "/properties/tags" in local.reason
+    assert local.supported and report.exit_code == 0
+    assert [(c.feature, c.where) for c in report.checked_after] == [("unique_items", "/properties/tags")]
+    # Overlapping patternProperties: llguidance cannot compile them, and nothing can be left out.
+    overlapping = {"type": "object", "patternProperties": {"^a": {"type": "string"}, "^ab": {"type": "integer"}}}
+    report = check_spec(overlapping, tiers=["local"])
+    local = next(t for t in report.tiers if t.tier == "local")
+    assert not local.supported and local.feature == "json_schema"
+    assert local.reason is not None and "not disjoint" in local.reason
     assert not report.ok and report.exit_code == 1
     # The remote tiers validate after the fact: their capability row honours it.
     native = next(t for t in report.tiers if t.tier == "native")
     assert native.supported and not native.configured
-    path = tmp_path / "tags.json"
-    path.write_text(json.dumps(UNSUPPORTED), encoding="utf-8")
+    path = tmp_path / "overlap.json"
+    path.write_text(json.dumps(overlapping), encoding="utf-8")
     res = runner.invoke(app, ["check", str(path), "--tiers", "local"])
     assert res.exit_code == 1
-    assert "unique_items" in res.stdout and "NO configured tier" in res.stdout
+    assert "not disjoint" in res.stdout and "NO configured tier" in res.stdout
+    path.write_text(json.dumps(UNSUPPORTED), encoding="utf-8")
+    res = runner.invoke(app, ["check", str(path), "--tiers", "local"])
+    assert res.exit_code == 0 and "validated against the whole schema" in res.stdout
 
 
-def test_not_is_refused_by_local_and_repair() -> None:
+def test_not_is_checked_after_by_local_and_repair() -> None:
     schema = {"type": "object", "properties": {"x": {"not": {"type": "null"}}}}
     report = check_spec(schema, tiers=["local", "repair"])
-    refused = {t.tier: t.feature for t in report.tiers if not t.supported}
-    assert refused == {"local": "not", "repair": "not"}
-    assert report.exit_code == 1
+    assert all(t.supported for t in report.tiers)
+    assert [(c.feature, c.where) for c in report.checked_after] == [("not", "/properties/x")]
+    assert report.exit_code == 0
 
 
 class Node(BaseModel):
@@ -154,7 +163,8 @@ def test_practical_warnings_name_the_field() -> None:
     lookahead = {"type": "object", "properties": {"c": {"type": "string", "pattern": "^(?!grey)[a-z]{1,9}$"}}}
     local = check_spec(lookahead, tiers=["local"], measure_compile=False)
     assert any(w.code == "regex_unsupported" and "lookahead" in w.message for w in local.warnings)
-    assert not next(t for t in local.tiers if t.tier == "local").supported
+    assert next(t for t in local.tiers if t.tier == "local").supported  # decoded without it, checked after
+    assert [(c.feature, c.where) for c in local.checked_after] == [("string_pattern", "/properties/c")]
     recursive = check_spec(Node, tiers=["local"], measure_compile=False)
     assert "recursion" in {w.code for w in recursive.warnings}
 

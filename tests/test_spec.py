@@ -38,6 +38,7 @@ FEATURE_SCHEMAS: dict[str, dict[str, Any]] = {
         ],
         "discriminator": {"propertyName": "k"},
     },
+    "one_of": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
     "string_pattern": {"type": "string", "pattern": "^[a-z]+$"},
     "string_length": {"type": "string", "minLength": 1, "maxLength": 4},
     "numeric_bounds": {"type": "integer", "minimum": 0, "maximum": 9},

@@ -27,6 +27,7 @@ from typing import Any
 from extract.errors import ConfigError, UnsupportedSchema
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec, max_output_chars
+from extract.spec.compile import checked_after
 from extract.spec.features import FEATURES, TIER_SUPPORT
 from extract.spec.grammar import UNSUPPORTED_CONSTRUCTS, Grammar, grammar_problems
 from extract.tiers import REGISTRY, make_tier
@@ -62,6 +63,15 @@ class FeatureSupport:
     description: str
     where: tuple[str, ...]
     tiers: dict[str, bool]
+
+
+@dataclass(frozen=True)
+class CheckedAfter:
+    """A keyword the local constraint leaves out: decoded without it, validated after."""
+
+    feature: str
+    where: str
+    description: str
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,7 @@ class CheckReport:
     remote_max_tokens: int | None = None
     compile: CompileTiming | None = None
     grammar: GrammarFindings | None = None
+    checked_after: list[CheckedAfter] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -174,6 +185,10 @@ class CheckReport:
                 cells = "".join(f"{'yes' if f.tiers.get(n) else 'NO':<11}" for n in names)
                 where = ", ".join(w or "/" for w in f.where[:3]) + (" ..." if len(f.where) > 3 else "")
                 lines.append(f"    {f.feature:<20}{cells}{where}")
+        if self.checked_after:
+            lines.append("local tier: decoded without these keywords, then validated against the whole schema "
+                         "(a failure is reasked by the repair tier):")
+            lines += [f"    {c.feature:<20}{c.where}" for c in self.checked_after]
         if self.local_max_tokens is not None:
             budget = "unbounded" if self.max_output_chars is None else f"at most {self.max_output_chars} characters"
             lines.append(f"output budget: any instance of the spec is {budget}; for a {self.input_chars}-character "
@@ -248,6 +263,8 @@ def check_spec(spec: Any, *, tiers: Sequence[str] | None = None, input_chars: in
                        tiers={t: f in TIER_SUPPORT.get(t, frozenset()) for t in REGISTRY})
         for f in [*FEATURES, *sorted(set(compiled.features) - set(FEATURES))] if f in compiled.features
     ]
+    report.checked_after = [CheckedAfter(feature=f, where=w, description=FEATURES.get(f, f))
+                            for f, w in checked_after(compiled)]
     text = _sample_text(input_chars)
     _budgets(report, compiled, resolved, text)
     if compiled.schema is not None:
@@ -439,7 +456,8 @@ def _regex_warnings(pattern: str, path: str) -> Iterator[SpecWarning]:
             f"/{pattern}/ uses " + (", ".join(named) if named else "a construct")
             + " that a constrained decoder cannot honour"
             + (f" (llguidance: {problems[0]})" if problems else "")
-            + "; the local tier refuses it, the remote tiers only check it after the fact")
+            + ("; the local tier decodes the field without it and checks it after, as the remote tiers do"
+               if path else "; the local tier refuses it, the remote tiers only check it after the fact"))
 
 
 _TOKENIZERS: dict[str, Any] = {}

@@ -10,7 +10,6 @@ limit cuts the JSON (measured: 4 of 30 addresses).
 
 from __future__ import annotations
 
-import copy
 import json
 from functools import lru_cache
 from typing import Any
@@ -18,12 +17,14 @@ from typing import Any
 from pydantic import BaseModel, PydanticUserError
 
 from extract.errors import ConfigError, UnsupportedSchema
+from extract.spec.enforceable import enforceable
 from extract.spec.features import detect_features
 from extract.spec.grammar import Grammar
 from extract.spec.model import Regex, Spec, canonical_json
 from extract.spec.span_copy import COPY_KEY, apply_span_copy, copy_paths, strip_copy_marks
 
-__all__ = ["clear_constraint_cache", "compile_spec", "length_bucket", "local_constraint", "max_output_chars"]
+__all__ = ["checked_after", "clear_constraint_cache", "compile_spec", "length_bucket", "local_constraint",
+           "max_output_chars"]
 
 
 @lru_cache(maxsize=256)
@@ -130,10 +131,12 @@ def length_bucket(n_chars: int) -> int:
 _STRING_FREE = ("enum", "const", "maxLength")
 
 
-def _tighten(node: Any, str_bound: int, list_bound: int) -> None:
+def _tighten(node: Any, str_bound: int, list_bound: int, closable: bool = True) -> None:
+    """Bound strings and lists, and close objects, in place. ``closable`` is False for a branch
+    of anyOf/allOf/oneOf: its ``properties`` may list only the keys it constrains."""
     if isinstance(node, list):
         for v in node:
-            _tighten(v, str_bound, list_bound)
+            _tighten(v, str_bound, list_bound, closable)
         return
     if not isinstance(node, dict):
         return
@@ -143,9 +146,16 @@ def _tighten(node: Any, str_bound: int, list_bound: int) -> None:
         node["maxLength"] = max(str_bound, int(node.get("minLength", 0)))
     if str_bound > 0 and "array" in type_list and "maxItems" not in node:
         node["maxItems"] = max(list_bound, int(node.get("minItems", 0)))
-    if "properties" in node and "additionalProperties" not in node:
+    props = node.get("properties")
+    # Closing an object is a tightening only when nothing else can define its keys: a
+    # required key listed elsewhere (allOf, a $ref, a branch) would become unsatisfiable.
+    defined_elsewhere = any(k in node for k in ("allOf", "anyOf", "oneOf", "$ref")) or (
+        isinstance(props, dict) and not set(node.get("required") or []) <= set(props))
+    if isinstance(props, dict) and "additionalProperties" not in node and not defined_elsewhere and closable:
         node["additionalProperties"] = False
-    if isinstance(node.get("additionalProperties"), dict) and "maxProperties" not in node:
+    # llguidance counts keys (maxProperties) only when every listed property is required.
+    all_required = not isinstance(props, dict) or set(props) <= set(node.get("required") or [])
+    if isinstance(node.get("additionalProperties"), dict) and "maxProperties" not in node and all_required:
         node["maxProperties"] = max(list_bound, int(node.get("minProperties", 0)))
     for key, value in node.items():
         if key in ("enum", "const", "default", "examples"):
@@ -154,13 +164,27 @@ def _tighten(node: Any, str_bound: int, list_bound: int) -> None:
             for sub in value.values():
                 _tighten(sub, str_bound, list_bound)
         else:
-            _tighten(value, str_bound, list_bound)
+            _tighten(value, str_bound, list_bound, closable=key not in ("anyOf", "allOf", "oneOf"))
+
+
+@lru_cache(maxsize=256)
+def _enforceable(digest_and_schema: tuple[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    relaxed, removed = enforceable(json.loads(digest_and_schema[1]))
+    return json.dumps(relaxed, ensure_ascii=False), removed
+
+
+def checked_after(spec: Spec) -> tuple[tuple[str, str], ...]:
+    """(feature, JSON pointer) of every keyword the local constraint leaves to the check after
+    decoding (``extract.spec.enforceable``); empty when the constraint enforces the whole schema."""
+    if spec.schema is None:
+        return ()
+    return _enforceable((spec.digest, json.dumps(spec.schema, ensure_ascii=False)))[1]
 
 
 @lru_cache(maxsize=1024)
 def _constraint(digest_and_schema: tuple[str, str], str_bound: int, list_bound: int) -> str:
-    schema = json.loads(digest_and_schema[1])
-    tightened = copy.deepcopy(schema)
+    # What llguidance cannot enforce is taken out here and checked after decoding.
+    tightened = json.loads(_enforceable(digest_and_schema)[0])
     _tighten(tightened, str_bound, list_bound)
     # llguidance's JSON whitespace is free by default and a small model loops on spaces;
     # compact separators make every output one line with no optional whitespace.

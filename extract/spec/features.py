@@ -12,7 +12,7 @@ from typing import Any
 
 from extract.errors import UnsupportedSchema
 
-__all__ = ["FEATURES", "TIER_SUPPORT", "detect_features", "ensure_supported", "unsupported"]
+__all__ = ["CHECKED_AFTER", "FEATURES", "TIER_SUPPORT", "detect_features", "ensure_supported", "unsupported"]
 
 # feature name -> what it means, as shown by `extract check`.
 FEATURES: dict[str, str] = {
@@ -28,6 +28,7 @@ FEATURES: dict[str, str] = {
     "enum": "a closed set of values (Enum, Literal of several values)",
     "const": "a single allowed value (Literal of one value)",
     "union": "anyOf over several types or models",
+    "one_of": "oneOf: exactly one of several schemas matches",
     "discriminated_union": "a oneOf of models told apart by a tag field",
     "string_pattern": "a regular expression on a string",
     "string_length": "minLength / maxLength",
@@ -65,15 +66,26 @@ _JSON_CORE = {
     "dict", "required", "default", "ref", "all_of", "tuple",
 }
 
-# What each tier honours. The remote tiers validate after the fact, so they honour every
-# keyword the validator checks; the local tier honours what llguidance can constrain.
-# Measured against llguidance 1.9 (tests/test_spec.py keeps this table honest): it
-# rejects `not`, and decodes without enforcing `if/then/else`, `dependent*`, `contains`,
-# `unevaluated*`, `uniqueItems` and `propertyNames` (a warning only) - all unsupported here.
+# Features the local tier decodes without enforcing and checks after: llguidance 1.9 rejects
+# `not` and `oneOf`, and decodes without enforcing `if/then/else`, `dependent*`, `contains`,
+# `unevaluated*`, `uniqueItems` and `propertyNames` (a warning only). The local constraint
+# leaves them out (``extract.spec.enforceable``: a superset of the schema), the output is
+# validated against the whole schema, and a failure is reasked once (``extract.tiers.local``).
+# Formats and patterns llguidance cannot compile, minProperties over optional keys and remote
+# $refs are handled the same way where they occur (``extract check`` lists each place).
+CHECKED_AFTER: dict[str, frozenset[str]] = {
+    "local": frozenset({"not", "conditional", "dependent", "contains", "unevaluated", "unique_items",
+                        "property_names", "one_of"}),
+}
+
+# What each tier honours: enforces while decoding, or checks after and reasks. The remote
+# tiers validate after the fact, so they honour every keyword the validator checks; the local
+# tier enforces what llguidance can constrain and checks the rest (CHECKED_AFTER).
+# tests/test_spec.py keeps this table honest.
 TIER_SUPPORT: dict[str, frozenset[str]] = {
-    "local": frozenset(_JSON_CORE | {"format_other", "recursion", "pattern_properties",
-                                     "min_max_properties", "multiple_of", "regex",
-                                     "grammar", "grammar_field"}),
+    "local": frozenset(_JSON_CORE | CHECKED_AFTER["local"] | {
+        "format_other", "recursion", "pattern_properties", "min_max_properties", "multiple_of", "regex",
+        "grammar", "grammar_field"}),
     # Grammars: native asks for plain text, parses it with lark and reasks with the parse
     # error; repair regenerates on the local model under the grammar. Instructor validates
     # JSON against a response model and cannot carry a grammar: it refuses whole-output
@@ -129,6 +141,8 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, str]]:
                 yield "optional", path
             else:
                 yield "union", path
+            if key == "oneOf":
+                yield "one_of", path
             if key == "oneOf" and "discriminator" in node:
                 yield "discriminated_union", path
             for i, sub in enumerate(subs):

@@ -20,6 +20,7 @@ from extract.errors import ConfigError, UnsupportedSchema
 from extract.providers.local_model import Constraint, LocalModel, embedded_model_path, file_digest, load_local_model
 from extract.settings import Settings
 from extract.spec import Spec, ensure_supported, local_constraint
+from extract.spec.compile import checked_after
 from extract.spec.grammar import object_lark
 from extract.spec.prompt import PROMPT_VERSION, Example, build_messages, shared_prefix
 from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
@@ -189,6 +190,7 @@ class LocalTier:
         grammar = self.grammar_for(spec, text, all_keys)
         budget = self.output_tokens(spec, text, model.n_ctx - model.count_tokens(prompt))
         penalty = self.settings.null_penalty if all_keys else 0.0
+        relaxed = checked_after(spec) if spec.is_json else ()
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         prefix = shared_prefix(model.render, spec, task.examples)
@@ -218,6 +220,9 @@ class LocalTier:
                     "max_tokens": budget,
                     "forced_tokens": gen.forced_tokens,
                     "prefix_kv": gen.prefix_source,
+                    # Keywords decoded without enforcement and checked after (the chain's
+                    # repair tier reasks a failure with the validator's errors).
+                    **({"checked_after": sorted({f for f, _ in relaxed})} if relaxed else {}),
                     **({"all_keys": True, "null_penalty": penalty} if all_keys else {}),
                     "input_chars": len(text),
                     **({"original_chars": len(task.text)} if cut else {}),

@@ -44,7 +44,7 @@ def validate_value(data: Any, spec: Spec) -> tuple[Any, AttemptError | None]:
         import jsonschema
 
         cls = jsonschema.validators.validator_for(spec.schema, default=jsonschema.Draft202012Validator)
-        validator = cls(spec.schema, format_checker=cls.FORMAT_CHECKER)
+        validator = cls(spec.schema, format_checker=cls.FORMAT_CHECKER, registry=_offline_registry())
         errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
         if errors:
             details = [
@@ -59,6 +59,22 @@ def validate_value(data: Any, spec: Spec) -> tuple[Any, AttemptError | None]:
             )
         return data, None
     raise ValueError(f"validate_value needs a JSON spec, got kind {spec.kind!r}")
+
+
+def _offline_registry() -> Any:
+    """A ``referencing`` registry that never fetches: a remote ``$ref`` reads as ``{}``.
+
+    jsonschema's default would download ``https://...`` refs (with a deprecation warning);
+    nothing here may leave the machine, and the local constraint cannot enforce them either
+    (``extract.spec.enforceable`` records each as checked only as far as it can be).
+    """
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    def retrieve(uri: str) -> Any:
+        return Resource.from_contents({}, default_specification=DRAFT202012)
+
+    return Registry(retrieve=retrieve)  # type: ignore[call-arg]
 
 
 def _validate_model(data: Any, spec: Spec) -> tuple[Any, AttemptError | None, list[str]]:
