@@ -170,3 +170,14 @@ def test_the_oracle_itself_refuses_what_llama_cpp_cannot_parse() -> None:
         oracle().check("root ::= (")
     with pytest.raises(GrammarRejected):
         oracle().check('root ::= a\na ::= a "x" | "y"')  # llama.cpp refuses left recursion
+
+
+def test_the_native_tier_checks_a_gbnf_before_sending_it() -> None:
+    # llama-cpp-python's server dies of a segfault on a grammar it cannot parse (measured), so
+    # the tier asks llama.cpp's parser first, with no model loaded.
+    from extract.providers.openai_compat import gbnf_refusal
+
+    assert gbnf_refusal("root ::= (") is not None
+    assert gbnf_refusal('root ::= a\na ::= a "x" | "y"') is not None
+    for path in GRAMMARS:
+        assert gbnf_refusal(grammar_to_gbnf(Grammar.from_file(path))) is None, path.name

@@ -63,6 +63,7 @@ __all__ = [
     "attempt_error",
     "detect_capabilities",
     "endpoint_state",
+    "gbnf_refusal",
     "grammar_body_for",
     "is_mode_rejection",
     "normalise",
@@ -112,6 +113,26 @@ def grammar_body_for(mode: GrammarMode, *, gbnf: str | None = None, lark: str | 
             raise ValueError("the structured_outputs rung needs exactly one of a Lark grammar and a regex")
         return {"structured_outputs": {"grammar": lark} if lark is not None else {"regex": regex}}
     return {}
+
+
+def gbnf_refusal(gbnf: str) -> str | None:
+    """Why llama.cpp's grammar parser refuses ``gbnf``, or None when it reads it.
+
+    Checked before a grammar is sent because llama-cpp-python's server does not check: an
+    unparsable grammar reaches ``llama_sampler_chain_add`` as NULL and the server process dies
+    of a segmentation fault (measured, llama-cpp-python 0.3.36). The parser is llama.cpp's own,
+    through the sampler API, with no model loaded (it needs no vocabulary to parse). Without
+    llama-cpp-python installed nothing is checked here (None).
+    """
+    try:
+        import llama_cpp
+    except ImportError:  # pragma: no cover - llama-cpp-python is a dependency of the default model
+        return None
+    sampler = llama_cpp.llama_sampler_init_grammar(None, gbnf.encode("utf-8"), b"root")
+    if not sampler:
+        return "llama.cpp's grammar parser refuses it (its log says why)"
+    llama_cpp.llama_sampler_free(sampler)
+    return None
 
 
 def response_format_for(mode: Mode, schema: dict[str, Any], name: str) -> dict[str, Any] | None:

@@ -33,6 +33,7 @@ from extract.providers.openai_compat import (
     Endpoint,
     GrammarMode,
     Mode,
+    gbnf_refusal,
     grammar_body_for,
     is_mode_rejection,
     probe_grammar_mode,
@@ -170,6 +171,9 @@ class NativeTier(EndpointTier):
         ``UnsupportedSchema`` when this spec cannot be said in that rung's language."""
         if mode == "gbnf":
             gbnf = grammar_to_gbnf(spec.grammar) if spec.grammar is not None else regex_to_gbnf(str(spec.pattern))
+            refusal = gbnf_refusal(gbnf)
+            if refusal is not None:  # never sent: llama-cpp-python's server would crash on it
+                raise UnsupportedSchema("gbnf", self.kind, path=spec.name, detail=f"the converted GBNF: {refusal}")
             return grammar_body_for(mode, gbnf=gbnf)
         if mode == "structured_outputs":
             if spec.grammar is not None:
