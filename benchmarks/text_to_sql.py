@@ -101,10 +101,9 @@ def score(run: Callable[[str], Any], questions: list[dict[str, str]], con: sqlit
         result = run(q["question"])
         latency = time.perf_counter() - started
         calls = [a for a in result.attempts if not a.skipped]
-        # A grammar rung's probe (once per endpoint and process) is a real call: counted here.
+        # A grammar rung's probe (once per endpoint and process) is a real call: counted here
+        # (its tokens are already in the attempt's usage).
         probes = [p for a in calls for p in a.meta.get("probes", [])]
-        probe_tokens = sum(p.get("usage", {}).get("input_tokens", 0) + p.get("usage", {}).get("output_tokens", 0)
-                           for p in probes)
         runs, correct, error = False, False, None
         if result.ok and isinstance(result.value, str):
             try:
@@ -118,7 +117,7 @@ def score(run: Callable[[str], Any], questions: list[dict[str, str]], con: sqlit
             "first_call_parses": bool(calls) and calls[0].ok,
             "modes": [a.meta.get("mode") for a in calls],
             "calls": len(calls) + len(probes),
-            "tokens": sum(a.usage.total_tokens or a.input_tokens + a.output_tokens for a in calls) + probe_tokens,
+            "tokens": sum(a.usage.total_tokens or a.input_tokens + a.output_tokens for a in calls),
             "errors": [a.error.type for a in calls if a.error is not None], "latency_s": round(latency, 3),
         })
     k = len(records) or 1

@@ -19,7 +19,7 @@ the full benchmark: every policy, schema corpora, resumable, with plots and an H
 ``--datasets grammar,regex`` adds the grammar/regex rows (own table): the shipped Lark grammars
 (``grammars/*.lark``) on short hand-written requests, and a ZIP-code regex on US addresses,
 per tier: parsed (or fully matched) on the first call, at all, calls and tokens per parsed
-result (a grammar rung's one-off probe call included), p50 wall time.
+result (a grammar rung's one-off probe call included; its tokens are in the attempt's usage), p50 wall time.
 
 The remote tiers talk to llama-cpp-python's server on the embedded model, started here on a
 free loopback port (or ``--base-url``); ``--fault-rate`` puts the fault proxy in between.
@@ -121,28 +121,31 @@ def grammar_table(results: list[tuple[str, str, Any, float]]) -> str:
     groups: dict[tuple[str, str], list[tuple[Any, float]]] = {}
     for dataset, policy, result, latency in results:
         groups.setdefault((dataset, policy), []).append((result, latency))
-    lines = ["| dataset | policy | n | parsed 1st call % | parsed % | calls/parsed | tok/parsed | p50 s | modes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | policy | n | parsed 1st call % | parsed % | calls/parsed | tok/parsed | p50 s | modes "
+             "| failed calls |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (dataset, policy), items in groups.items():
         n = len(items)
         calls = tokens = parsed = first = 0
         modes: dict[str, int] = {}
+        failed: dict[str, int] = {}
         for result, _ in items:
             made = [a for a in result.attempts if not a.skipped]
             probes = [p for a in made for p in a.meta.get("probes", [])]
             calls += len(made) + len(probes)
             tokens += sum(a.usage.total_tokens or a.usage.input_tokens + a.usage.output_tokens for a in made)
-            tokens += sum(sum(p.get("usage", {}).values()) for p in probes)
             parsed += bool(result.ok)
             first += bool(made) and made[0].ok
             for a in made:
                 mode = str(a.meta.get("mode", a.tier))
                 modes[mode] = modes.get(mode, 0) + 1
+                if a.error is not None:
+                    failed[a.error.type] = failed.get(a.error.type, 0) + 1
         p50 = statistics.median(latency for _, latency in items)
         per_call = f"{calls / parsed:.1f}" if parsed else "-"
         per_token = f"{tokens / parsed:.1f}" if parsed else "-"
         lines.append(f"| {dataset} | {policy} | {n} | {100 * first / n:.0f} | {100 * parsed / n:.0f} | {per_call} "
-                     f"| {per_token} | {p50:.2f} | {', '.join(f'{k} {v}' for k, v in sorted(modes.items()))} |")
+                     f"| {per_token} | {p50:.2f} | {', '.join(f'{k} {v}' for k, v in sorted(modes.items()))} "
+                     f"| {', '.join(f'{k} {v}' for k, v in sorted(failed.items())) or '-'} |")
     return "\n".join(lines)
 
 

@@ -181,3 +181,35 @@ def test_the_native_tier_checks_a_gbnf_before_sending_it() -> None:
     assert gbnf_refusal('root ::= a\na ::= a "x" | "y"') is not None
     for path in GRAMMARS:
         assert gbnf_refusal(grammar_to_gbnf(Grammar.from_file(path))) is None, path.name
+
+
+def test_a_model_with_grammar_fields_becomes_one_gbnf() -> None:
+    from typing import Annotated
+
+    from pydantic import BaseModel
+
+    from extract import compile_spec
+    from extract.spec import local_constraint
+    from extract.spec.gbnf import object_gbnf
+
+    ticket = Grammar.from_text('start: "ZQX-" /[0-9]{4}/\n', name="ticket")
+    arithmetic = Grammar.from_file(ROOT / "grammars" / "arithmetic.lark")
+
+    class Form(BaseModel):
+        ticket: Annotated[str, ticket]
+        note: str
+        expr: Annotated[str, arithmetic] | None = None
+
+    gbnf = object_gbnf(local_constraint(compile_spec(Form), "a short input"))
+    llama = oracle()
+    assert llama.accepts(gbnf, '{"ticket": "ZQX-1234", "note": "hi", "expr": "1 + 2*3"}')
+    assert llama.accepts(gbnf, '{"ticket":"ZQX-1234","note":"hi","expr":null}')
+    assert not llama.accepts(gbnf, '{"ticket": "ZQX-12", "note": "hi", "expr": null}')
+    assert not llama.accepts(gbnf, '{"ticket": "ZQX-1234", "note": "hi", "expr": "1 +"}')
+
+    class Unsafe(BaseModel):  # sql.lark's STRING can hold a double quote: not inside JSON as is
+        query: Annotated[str, Grammar.from_file(ROOT / "grammars" / "sql.lark")]
+
+    with pytest.raises(UnsupportedSchema) as info:
+        object_gbnf(local_constraint(compile_spec(Unsafe), "a short input"))
+    assert info.value.feature == "grammar_field" and info.value.path == "/properties/query"

@@ -88,6 +88,7 @@ def test_the_chain_skips_instructor_and_repair_regenerates_under_the_grammar(
 def test_a_grammar_field_that_does_not_parse_is_a_validation_error_the_reask_carries(
     proxy: FaultProxy, remote_settings: Callable[..., Settings]
 ) -> None:
+    proxy.configure(reject=["grammar", "structured_outputs"])  # no combined grammar: checked after
     settings = remote_settings(max_tokens=24, instructor_max_retries=1)
     native = Extractor(tiers=["native"], **settings.model_dump(
         include={"base_url", "timeout_s", "max_retries", "max_tokens"})).run(TEXT, Ticket)

@@ -6,6 +6,8 @@ real llama.cpp server (llama-cpp-python's) behind the real fault proxy.
 - a server that refuses the field (HTTP 400) or ignores it (the proxy strips it) is found out
   by the probe, the rung is refused for the endpoint with its reason, and the tier steps down
   to parse + reask, recorded;
+- a model with a grammar field is sent as one GBNF (the JSON with the field's grammar between
+  its quotes) and its field comes back in the language;
 - a regex comes back full-matching on the first call; a regex GBNF cannot say (lookaround)
   skips the rung by name instead of being sent unconstrained;
 - the vLLM rung's request body, built by the same code, is checked against the fields vLLM
@@ -19,9 +21,10 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from pydantic import BaseModel
 
 from extract import Grammar, Regex, compile_spec, sql_grammar_for_sqlite
 from extract.providers.openai_compat import GRAMMAR_LADDER, PROBE_TEXT, grammar_body_for
@@ -125,6 +128,27 @@ def test_a_regex_the_server_cannot_honour_is_checked_after_never_sent_unconstrai
     assert all("grammar" not in b and "structured_outputs" not in b for b in proxy.requests())
     if not first.ok:  # a mismatch is re-asked with the pattern
         assert len(attempts) == 2 and "does not fully match" in attempts[1].meta["reask"]
+
+
+class Ticket(BaseModel):
+    ticket: Annotated[str, Grammar.from_text('start: "ZQX-" /[0-9]{4}/\n', name="ticket",
+                                             description="a code like ZQX-0000")]
+    issue: str
+
+
+def test_a_grammar_field_is_enforced_with_the_json_in_one_gbnf(
+    proxy: FaultProxy, remote_settings: Callable[..., Settings]
+) -> None:
+    proxy.configure(record=4)
+    settings = remote_settings(max_tokens=48)
+    attempts = run(settings, Ticket, "The ticket for the broken printer is 4821.")
+    first = attempts[0]
+    assert first.ok and first.meta["mode"] == "gbnf", (first.raw, first.error, first.meta)
+    assert first.value.ticket.startswith("ZQX-") and len(first.value.ticket) == 8
+    sent = proxy.requests()[-1]
+    assert "response_format" not in sent and "g0-root" in sent["grammar"]
+    assert first.meta["probes"][0]["enforced"] and first.usage.input_tokens > first.meta["probes"][0]["usage"][
+        "input_tokens"]
 
 
 # vLLM's StructuredOutputsParams, as its docs list them (docs/features/structured_outputs.md

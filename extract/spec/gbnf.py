@@ -49,7 +49,7 @@ from extract.errors import UnsupportedSchema
 if TYPE_CHECKING:
     from extract.spec.grammar import Grammar
 
-__all__ = ["grammar_to_gbnf", "regex_to_gbnf"]
+__all__ = ["grammar_to_gbnf", "object_gbnf", "regex_to_gbnf"]
 
 _MAX_CODE = 0x10FFFF
 Ranges = list[tuple[int, int]]
@@ -815,3 +815,82 @@ def grammar_to_gbnf(grammar: Grammar) -> str:
     request field takes. Raises ``UnsupportedSchema`` (feature and rule or terminal named)
     for what GBNF cannot express; cached per grammar text."""
     return _lark_to_gbnf(grammar.text, grammar.start)
+
+
+# --- grammar fields: one GBNF for a JSON object with grammar-constrained strings -------------------
+
+_NAME_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|(?P<name>[A-Za-z][A-Za-z0-9-]*)|.', re.S)
+
+
+def _prefixed_gbnf(gbnf: str, prefix: str) -> str:
+    """``gbnf`` with every rule name prefixed (strings and classes left alone), so several
+    grammars can share one GBNF text."""
+    return "".join(prefix + m.group(0) if m.group("name") else m.group(0) for m in _NAME_TOKEN.finditer(gbnf))
+
+
+@lru_cache(maxsize=64)
+def object_gbnf(constraint: str) -> str:
+    """One GBNF for the object ``constraint`` describes (the local tier's tightened JSON Schema
+    text, with ``x-grammar`` on grammar fields): the JSON as llama-cpp-python's own schema
+    converter writes it (what its server builds for ``json_object`` + schema), with each
+    top-level grammar field's string replaced by its grammar between quotes.
+
+    Refused (``UnsupportedSchema``, feature ``grammar_field``) like ``object_lark``: a grammar
+    field that is not a top-level property, or a grammar that can produce a character a JSON
+    string must escape; and whatever ``grammar_to_gbnf`` refuses.
+    """
+    import json
+
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    from extract.spec.grammar import Grammar, json_unsafe_terminals
+
+    schema = json.loads(constraint)
+    props = schema.get("properties")
+    if schema.get("type") != "object" or not isinstance(props, dict):
+        raise UnsupportedSchema("grammar_field", _TIER, detail="a grammar field needs a top-level object")
+    fields: list[tuple[str, Grammar]] = []
+    for name, node in list(props.items()):
+        entry = node.get("x-grammar") if isinstance(node, dict) else None
+        branches = node.get("anyOf") if isinstance(node, dict) else None
+        if entry is None and isinstance(branches, list):
+            marked = [b for b in branches if isinstance(b, dict) and "x-grammar" in b]
+            if len(marked) == 1 and len(branches) == 2 and any(b.get("type") == "null" for b in branches):
+                entry = marked[0]["x-grammar"]
+        if entry is None:
+            if "x-grammar" in json.dumps(node):
+                raise UnsupportedSchema("grammar_field", _TIER, path=f"/properties/{name}", detail=(
+                    "a grammar field inside a nested model, list or union cannot be combined; "
+                    "it is validated after the answer instead"))
+            continue
+        grammar = Grammar.from_schema_entry(entry)
+        unsafe = json_unsafe_terminals(grammar)
+        if unsafe:
+            raise UnsupportedSchema("grammar_field", _TIER, path=f"/properties/{name}", detail=(
+                f"the grammar {grammar.name!r} can produce {unsafe[0][1]!r} (terminal {unsafe[0][0]}), "
+                "which a JSON string must escape"))
+        placeholder = f"@@grammar-field-{len(fields)}@@"
+        nullable = "anyOf" in node
+        props[name] = {"anyOf": [{"const": placeholder}, {"type": "null"}]} if nullable else {"const": placeholder}
+        fields.append((placeholder, grammar))
+    if not fields:
+        raise UnsupportedSchema("grammar_field", _TIER, detail="no top-level grammar field to combine")
+    out = json_schema_to_gbnf(json.dumps(_without_keys(schema, "x-guidance")))
+    extra: list[str] = []
+    for i, (placeholder, grammar) in enumerate(fields):
+        literal = f'"\\"{placeholder}\\""'
+        if out.count(literal) != 1:
+            raise UnsupportedSchema("grammar_field", _TIER, detail="llama-cpp-python's schema converter "
+                                    "wrote the field in a form this combination does not expect")
+        prefix = f"g{i}-"
+        out = out.replace(literal, f'"\\"" {prefix}root "\\""')
+        extra.append(_prefixed_gbnf(grammar_to_gbnf(grammar), prefix))
+    return str(out).rstrip("\n") + "\n" + "".join(extra)
+
+
+def _without_keys(node: Any, key: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_keys(v, key) for k, v in node.items() if k != key}
+    if isinstance(node, list):
+        return [_without_keys(v, key) for v in node]
+    return node

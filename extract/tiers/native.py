@@ -39,12 +39,12 @@ from extract.providers.openai_compat import (
     probe_grammar_mode,
     response_format_for,
 )
-from extract.spec import Spec
-from extract.spec.gbnf import grammar_to_gbnf, regex_to_gbnf
+from extract.spec import Spec, local_constraint
+from extract.spec.gbnf import grammar_to_gbnf, object_gbnf, regex_to_gbnf
 from extract.spec.prompt import PROMPT_VERSION, build_messages
 from extract.tiers.base import Spend, Task
 from extract.tiers.remote import EndpointTier, closed_schema, schema_name, usage_of
-from extract.types import Attempt, AttemptError, ModelInfo
+from extract.types import Attempt, AttemptError, ModelInfo, Usage
 from extract.validate import Checked, check
 
 __all__ = ["NativeTier", "grammar_reask", "regex_reask"]
@@ -107,7 +107,11 @@ class NativeTier(EndpointTier):
         async with Connection(endpoint, task.deadline) as conn:
             try:
                 model_name = await conn.served_model()
-                while True:
+                call_started = time.perf_counter()
+                response = None
+                if schema is not None and "grammar_field" in spec.features:
+                    response = await self._combined_call(conn, task, model_name, messages, budget, meta, rejected)
+                while response is None:
                     mode: Mode = conn.state.ladder.current() if schema is not None else "prompt"
                     meta["mode"] = mode
                     fmt = response_format_for(mode, schema, schema_name(spec)) if schema else None
@@ -130,7 +134,6 @@ class NativeTier(EndpointTier):
                             continue
                         raise
                     conn.state.ladder.confirm(mode)
-                    break
             except ProviderError as exc:
                 return [self._failed(exc, model_name, started, meta, rejected, conn)]
             latency = time.perf_counter() - call_started
@@ -138,13 +141,59 @@ class NativeTier(EndpointTier):
         raw = choice.message.content
         finish = choice.finish_reason
         checked = self.checked(raw, task, finish)
-        return [self._answered(task, response, model_name, checked, latency, {
+        answered = self._answered(task, response, model_name, checked, latency, {
             **meta,
             "http_tries": conn.http_tries,
             **({"transport_errors": conn.transport_errors} if conn.transport_errors else {}),
             **({"rejected_modes": rejected} if rejected else {}),
             "wall_s": time.perf_counter() - started,
-        })]
+        })
+        return [self._with_probe_usage(answered)]
+
+    async def _combined_call(self, conn: Connection, task: Task, model_name: str, messages: list[dict[str, str]],
+                             budget: int, meta: dict[str, Any], rejected: list[dict[str, str]]) -> Any:
+        """A model with grammar fields on an endpoint that enforces llama.cpp's ``grammar``
+        field: one GBNF for the whole object (``object_gbnf``: the JSON as llama-cpp-python
+        writes it, each grammar field's own grammar between its quotes), instead of
+        ``response_format``. None when the spec cannot be combined or the endpoint has no
+        such field: the JSON ladder then runs as usual and lark checks the field after."""
+        ladder = conn.state.grammar_ladder
+        if ladder.current() != "gbnf":
+            return None
+        try:
+            gbnf = object_gbnf(local_constraint(task.spec, task.text))
+            refusal = gbnf_refusal(gbnf)
+            if refusal is not None:
+                raise UnsupportedSchema("grammar_field", self.kind, detail=f"the combined GBNF: {refusal}")
+        except UnsupportedSchema as exc:
+            rejected.append({"mode": "gbnf", "reason": f"not convertible: {exc}"})
+            return None
+        if "gbnf" not in conn.state.grammar_enforced:
+            probe = await probe_grammar_mode(conn, "gbnf", model_name)
+            meta["probes"] = [probe]
+            if not probe["enforced"]:
+                rejected.append({"mode": "gbnf", "reason": str(probe["reason"])})
+                return None
+        meta["mode"] = "gbnf"
+        try:
+            return await conn.chat(model=model_name, messages=messages, max_tokens=budget, temperature=0,
+                                   extra_body=grammar_body_for("gbnf", gbnf=gbnf))
+        except ProviderError as exc:
+            if not is_mode_rejection(exc):
+                raise
+            rejected.append({"mode": "gbnf", "reason": str(exc)})
+            return None
+
+    @staticmethod
+    def _with_probe_usage(attempt: Attempt) -> Attempt:
+        """The probes' tokens were spent for this attempt: in its usage (so budgets and reports
+        count them), itemised in ``meta["probes"]``."""
+        for probe in attempt.meta.get("probes", []):
+            used = probe.get("usage", {})
+            used_in, used_out = int(used.get("input_tokens", 0)), int(used.get("output_tokens", 0))
+            attempt.usage = attempt.usage + Usage(input_tokens=used_in, output_tokens=used_out,
+                                                  total_tokens=used_in + used_out)
+        return attempt
 
     def _answered(self, task: Task, response: Any, model_name: str | None, checked: Checked,
                   latency: float, meta: dict[str, Any]) -> Attempt:
@@ -248,10 +297,11 @@ class NativeTier(EndpointTier):
                 choice = response.choices[0]
                 raw, finish = choice.message.content, choice.finish_reason
                 checked = check(raw, spec, truncated=finish == "length")
-                out.append(self._answered(task, response, model_name, checked, time.perf_counter() - call_started,
+                answered = self._answered(task, response, model_name, checked, time.perf_counter() - call_started,
                                           {**self._extra(call_meta, rejected, probes),
                                            "http_tries": conn.http_tries - tries_before,
-                                           "wall_s": time.perf_counter() - started}))
+                                           "wall_s": time.perf_counter() - started})
+                out.append(self._with_probe_usage(answered))
                 rejected, probes = [], []  # recorded once, on the attempt that paid for them
                 index += 1
                 if checked.error is None:
