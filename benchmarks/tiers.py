@@ -114,13 +114,17 @@ def grammar_records(dataset: str, sample: int) -> list[Record]:
     return [Record(r["id"], r["text"], zip_code, {}) for r in rows[:sample]]
 
 
-def grammar_table(results: list[tuple[str, str, Any, float]]) -> str:
-    """(dataset, policy, Result, latency) -> one Markdown row per (dataset, policy)."""
+def grammar_table(results: list[tuple[str, str, Any, float, str]]) -> str:
+    """(dataset, policy, Result, latency, item) -> one Markdown row per (dataset, policy), and
+    the items that did not parse."""
     import statistics
 
     groups: dict[tuple[str, str], list[tuple[Any, float]]] = {}
-    for dataset, policy, result, latency in results:
+    missed: list[str] = []
+    for dataset, policy, result, latency, item in results:
         groups.setdefault((dataset, policy), []).append((result, latency))
+        if not result.ok:
+            missed.append(f"{dataset}/{policy}/{item}")
     lines = ["| dataset | policy | n | parsed 1st call % | parsed % | calls/parsed | tok/parsed | p50 s | modes "
              "| failed calls |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (dataset, policy), items in groups.items():
@@ -146,6 +150,8 @@ def grammar_table(results: list[tuple[str, str, Any, float]]) -> str:
         lines.append(f"| {dataset} | {policy} | {n} | {100 * first / n:.0f} | {100 * parsed / n:.0f} | {per_call} "
                      f"| {per_token} | {p50:.2f} | {', '.join(f'{k} {v}' for k, v in sorted(modes.items()))} "
                      f"| {', '.join(f'{k} {v}' for k, v in sorted(failed.items())) or '-'} |")
+    if missed:
+        lines.append(f"\nnot parsed: {', '.join(missed)}")
     return "\n".join(lines)
 
 
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     policies = [p for p in args.policies.split(",") if p]
     datasets = [d for d in args.datasets.split(",") if d]
     rows: list[dict[str, Any]] = []
-    grammar_results: list[tuple[str, str, Any, float]] = []
+    grammar_results: list[tuple[str, str, Any, float, str]] = []
     with ExitStack() as stack:
         url = endpoint(args, stack)
         options: dict[str, Any] = {"base_url": url, "timeout_s": args.timeout, "max_retries": 4,
@@ -231,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
                     for record in records:
                         started = time.perf_counter()
                         result = extractor.run(record.text, record.spec)
-                        grammar_results.append((dataset, policy, result, time.perf_counter() - started))
+                        grammar_results.append((dataset, policy, result, time.perf_counter() - started, record.id))
                     print(f"# {dataset} {policy}: done", file=sys.stderr, flush=True)
                 continue
             records = load(dataset, args.sample)

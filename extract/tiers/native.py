@@ -20,6 +20,10 @@ recursion, lookaround, backreferences...) skips that rung with the reason in
 answer is parsed with lark (or fully matched) and, on a failure, asked again with the error
 (line, column, expected tokens, the offending text), at most ``grammar_max_reasks`` times;
 every call is its own Attempt.
+
+A model with grammar fields (``Annotated[str, Grammar]``), on an endpoint whose ``gbnf`` rung
+is enforced, is sent as one GBNF (``object_gbnf``) instead of ``response_format``: the JSON
+and each top-level field's grammar together. Elsewhere the field is validated after, as before.
 """
 
 from __future__ import annotations
