@@ -488,14 +488,7 @@ class _LarkConverter:
         """Refuse what llama.cpp would refuse: a rule reachable from itself at its left edge,
         and an unbounded repetition of something that can be empty (its ``*`` rule is left
         recursive in llama.cpp's expansion)."""
-        nullable: set[str] = set()
-        changed = True
-        while changed:
-            changed = False
-            for name, body in self.rules.items():
-                if name not in nullable and _nullable_node(body, nullable):
-                    nullable.add(name)
-                    changed = True
+        nullable = self.nullable_rules()
         edges: dict[str, set[str]] = {}
         for name, body in self.rules.items():
             edges[name] = _left_edge(body, nullable)
