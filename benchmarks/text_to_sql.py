@@ -10,11 +10,15 @@ that database's tables and columns) by:
 - ``local``: constrained decoding on the embedded model (valid by construction);
 - ``local, generic sql.lark``: the same, under the schema-blind grammar, for comparison;
 - with ``--with-server`` (starts the real llama.cpp server on the embedded model):
-  ``native`` (plain text, parsed with lark, reasked with the parse error up to
-  ``grammar_max_reasks`` times) and the ``chain`` native -> instructor -> local -> repair
-  (instructor refuses grammars and is skipped, recorded).
+  ``native`` (the grammar sent as GBNF in llama.cpp's ``grammar`` field once a probe shows
+  it enforced, the answer parsed with lark and reasked with the parse error up to
+  ``grammar_max_reasks`` times), ``native, plain text`` (the same endpoint with the grammar
+  field refused by the fault proxy: parse and reask only, the old behaviour) and the
+  ``chain`` native -> instructor -> local -> repair (instructor refuses grammars and is
+  skipped, recorded).
 
-Figures per row: parses (a value came back: it parsed with lark), runs without a SQLite
+Figures per row: parses (a value came back: it parsed with lark), parses on the first call,
+runs without a SQLite
 error, execution accuracy (same result rows as the gold query, as a multiset), model calls
 and tokens per parsed query (all calls, failed ones included, divided by the queries that
 parsed), latency p50. Without ``--db`` a small shop database is built in a temporary
@@ -97,6 +101,9 @@ def score(run: Callable[[str], Any], questions: list[dict[str, str]], con: sqlit
         result = run(q["question"])
         latency = time.perf_counter() - started
         calls = [a for a in result.attempts if not a.skipped]
+        # A grammar rung's probe (once per endpoint and process) is a real call: counted here
+        # (its tokens are already in the attempt's usage).
+        probes = [p for a in calls for p in a.meta.get("probes", [])]
         runs, correct, error = False, False, None
         if result.ok and isinstance(result.value, str):
             try:
@@ -107,13 +114,17 @@ def score(run: Callable[[str], Any], questions: list[dict[str, str]], con: sqlit
         records.append({
             "question": q["question"], "sql": result.value if result.ok else (calls[-1].raw if calls else None),
             "tier": result.tier, "parses": result.ok, "runs": runs, "correct": correct, "sqlite_error": error,
-            "calls": len(calls), "tokens": sum(a.usage.total_tokens or a.input_tokens + a.output_tokens for a in calls),
+            "first_call_parses": bool(calls) and calls[0].ok,
+            "modes": [a.meta.get("mode") for a in calls],
+            "calls": len(calls) + len(probes),
+            "tokens": sum(a.usage.total_tokens or a.input_tokens + a.output_tokens for a in calls),
             "errors": [a.error.type for a in calls if a.error is not None], "latency_s": round(latency, 3),
         })
     k = len(records) or 1
     parsed = sum(r["parses"] for r in records)
     return {
         "parses": sum(r["parses"] for r in records) / k,
+        "first_call_parses": sum(r["first_call_parses"] for r in records) / k,
         "runs": sum(r["runs"] for r in records) / k,
         "execution_accuracy": sum(r["correct"] for r in records) / k,
         "calls_per_parsed": sum(r["calls"] for r in records) / parsed if parsed else None,
@@ -152,6 +163,11 @@ def run(db_path: str | None, questions_path: Path, n: int | None, with_server: b
             try:
                 native = Extractor(tiers=["native"], base_url=server.base_url, max_tokens=max_tokens)
                 rows_["native"] = score(lambda q: native.run(q, aware), questions, con)
+                from extract.testing.fault_proxy import FaultProxy
+
+                with FaultProxy.start(server.url, reject=["grammar", "structured_outputs"]) as proxy:
+                    plain = Extractor(tiers=["native"], base_url=proxy.base_url, max_tokens=max_tokens)
+                    rows_["native, plain text"] = score(lambda q: plain.run(q, aware), questions, con)
                 chain = Extractor(tiers=["native", "instructor", "local", "repair"], base_url=server.base_url,
                                   max_tokens=max_tokens)
                 rows_["chain"] = score(lambda q: chain.run(q, aware), questions, con)
@@ -185,10 +201,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(f"n={out['questions']} questions, {out['database']}, max_tokens={out['max_tokens']}\n")
-    print("| tier | parses | runs without error | execution accuracy | calls / parsed | tokens / parsed | p50 s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| tier | parses | parses on 1st call | runs without error | execution accuracy | calls / parsed "
+          "| tokens / parsed | p50 s |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, r in out["rows"].items():
-        print(f"| {label} | {_pct(r['parses'])} | {_pct(r['runs'])} | {_pct(r['execution_accuracy'])} "
+        print(f"| {label} | {_pct(r['parses'])} | {_pct(r['first_call_parses'])} | {_pct(r['runs'])} "
+              f"| {_pct(r['execution_accuracy'])} "
               f"| {_num(r['calls_per_parsed'])} | {_num(r['tokens_per_parsed'])} | {r['latency_p50_s']:.2f} |")
     if "chain" in out["rows"]:
         print(f"\nchain answers by tier: {out['rows']['chain']['won_by']}")

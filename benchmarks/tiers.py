@@ -16,6 +16,11 @@ records and prints one row per (dataset, policy):
 The figures come from ``extract.report`` (the same arithmetic as ``extract bench``, which is
 the full benchmark: every policy, schema corpora, resumable, with plots and an HTML page).
 
+``--datasets grammar,regex`` adds the grammar/regex rows (own table): the shipped Lark grammars
+(``grammars/*.lark``) on short hand-written requests, and a ZIP-code regex on US addresses,
+per tier: parsed (or fully matched) on the first call, at all, calls and tokens per parsed
+result (a grammar rung's one-off probe call included; its tokens are in the attempt's usage), p50 wall time.
+
 The remote tiers talk to llama-cpp-python's server on the embedded model, started here on a
 free loopback port (or ``--base-url``); ``--fault-rate`` puts the fault proxy in between.
 Only the public API (``Extractor``, ``Result``) is used to extract; the server and proxy are
@@ -79,6 +84,77 @@ def load(dataset: str, sample: int) -> list[Record]:
     raise SystemExit(f"unknown dataset {dataset!r}")
 
 
+# Requests whose answer is a sentence of a shipped grammar (what the model is asked is the
+# document; the grammar's header comment tells it the language).
+GRAMMAR_TEXTS: dict[str, list[str]] = {
+    "arithmetic": ["The area is three times the sum of four and five.", "Half of twelve, minus two.",
+                   "The square root of 144 plus 3.", "Ten divided by the sum of two and three."],
+    "iso8601": ["The meeting is on March 5th, 2024 at half past two in the afternoon.",
+                "The warranty lasts three years and six months.", "Delivery is due on 2023-11-30.",
+                "The train leaves at 14:45 UTC."],
+    "recipe_quantity": ["Add one and a half cups of flour to the bowl.", "Stir in 2 tbsp olive oil.",
+                        "Season with a pinch of salt.", "Crack 3 eggs into the pan."],
+    "sql": ["How many customers live in Paris?", "List the names of all products.",
+            "What is the largest order total?", "Which customers placed an order over 15?"],
+}
+ZIP = r"[0-9]{5}(-[0-9]{4})?"
+
+
+def grammar_records(dataset: str, sample: int) -> list[Record]:
+    from extract import Grammar, Regex
+
+    if dataset == "grammar":
+        out = []
+        for name, texts in GRAMMAR_TEXTS.items():
+            grammar = Grammar.from_file(ROOT / "grammars" / f"{name}.lark")
+            out += [Record(f"{name}-{i}", text, grammar, {}) for i, text in enumerate(texts)]
+        return out[:sample] if sample < len(out) else out
+    rows = [json.loads(line) for line in (DATA / "usaddress" / "dev.jsonl").open(encoding="utf-8")]
+    zip_code = Regex(ZIP, name="zip_code")
+    return [Record(r["id"], r["text"], zip_code, {}) for r in rows[:sample]]
+
+
+def grammar_table(results: list[tuple[str, str, Any, float, str]]) -> str:
+    """(dataset, policy, Result, latency, item) -> one Markdown row per (dataset, policy), and
+    the items that did not parse."""
+    import statistics
+
+    groups: dict[tuple[str, str], list[tuple[Any, float]]] = {}
+    missed: list[str] = []
+    for dataset, policy, result, latency, item in results:
+        groups.setdefault((dataset, policy), []).append((result, latency))
+        if not result.ok:
+            missed.append(f"{dataset}/{policy}/{item}")
+    lines = ["| dataset | policy | n | parsed 1st call % | parsed % | calls/parsed | tok/parsed | p50 s | modes "
+             "| failed calls |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (dataset, policy), items in groups.items():
+        n = len(items)
+        calls = tokens = parsed = first = 0
+        modes: dict[str, int] = {}
+        failed: dict[str, int] = {}
+        for result, _ in items:
+            made = [a for a in result.attempts if not a.skipped]
+            probes = [p for a in made for p in a.meta.get("probes", [])]
+            calls += len(made) + len(probes)
+            tokens += sum(a.usage.total_tokens or a.usage.input_tokens + a.usage.output_tokens for a in made)
+            parsed += bool(result.ok)
+            first += bool(made) and made[0].ok
+            for a in made:
+                mode = str(a.meta.get("mode", a.tier))
+                modes[mode] = modes.get(mode, 0) + 1
+                if a.error is not None:
+                    failed[a.error.type] = failed.get(a.error.type, 0) + 1
+        p50 = statistics.median(latency for _, latency in items)
+        per_call = f"{calls / parsed:.1f}" if parsed else "-"
+        per_token = f"{tokens / parsed:.1f}" if parsed else "-"
+        lines.append(f"| {dataset} | {policy} | {n} | {100 * first / n:.0f} | {100 * parsed / n:.0f} | {per_call} "
+                     f"| {per_token} | {p50:.2f} | {', '.join(f'{k} {v}' for k, v in sorted(modes.items()))} "
+                     f"| {', '.join(f'{k} {v}' for k, v in sorted(failed.items())) or '-'} |")
+    if missed:
+        lines.append(f"\nnot parsed: {', '.join(missed)}")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """The figures as one Markdown table (the same arithmetic as ``extract bench``'s report)."""
     figures = [run.to_json() for run in aggregate(rows)]
@@ -136,12 +212,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--server-threads", type=int, default=1)
+    parser.add_argument("--grammar-max-tokens", type=int, default=64,
+                        help="output token cap for the grammar/regex rows")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
 
     policies = [p for p in args.policies.split(",") if p]
     datasets = [d for d in args.datasets.split(",") if d]
     rows: list[dict[str, Any]] = []
+    grammar_results: list[tuple[str, str, Any, float, str]] = []
     with ExitStack() as stack:
         url = endpoint(args, stack)
         options: dict[str, Any] = {"base_url": url, "timeout_s": args.timeout, "max_retries": 4,
@@ -151,6 +230,16 @@ def main(argv: list[str] | None = None) -> None:
             if any(warm in POLICIES[p] for p in policies):
                 Extractor(tiers=[warm], **options).run("12 Main St, Springfield, IL 62701", Address)
         for dataset in datasets:
+            if dataset in ("grammar", "regex"):
+                records = grammar_records(dataset, args.sample)
+                for policy in policies:
+                    extractor = Extractor(tiers=POLICIES[policy], **{**options, "max_tokens": args.grammar_max_tokens})
+                    for record in records:
+                        started = time.perf_counter()
+                        result = extractor.run(record.text, record.spec)
+                        grammar_results.append((dataset, policy, result, time.perf_counter() - started, record.id))
+                    print(f"# {dataset} {policy}: done", file=sys.stderr, flush=True)
+                continue
             records = load(dataset, args.sample)
             for policy in policies:
                 extractor = Extractor(tiers=POLICIES[policy], **options)
@@ -161,7 +250,10 @@ def main(argv: list[str] | None = None) -> None:
                                             item=record.id, latency_s=time.perf_counter() - started,
                                             gold=record.gold)
                 print(f"# {dataset} {policy}: done", file=sys.stderr, flush=True)
-    print(table(rows))
+    if rows:
+        print(table(rows))
+    if grammar_results:
+        print(grammar_table(grammar_results))
     if args.json is not None:
         args.json.write_text(json.dumps(summarise(rows), indent=2), encoding="utf-8")
 

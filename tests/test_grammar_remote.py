@@ -1,6 +1,9 @@
 """Grammar specs on the remote tiers, against the real llama.cpp server behind the real proxy:
 the native tier's parse-error reask, the chain handing a failed grammar output to repair, and
 grammar fields validated with lark after the fact (their parse error is what a reask carries).
+The first two run with the proxy refusing the grammar request fields (``reject``), so the
+native tier is on its plain-text rung: with the grammar enforced the first answer parses
+(``tests/test_grammar_server.py``).
 
 The embedded model is tiny, so nothing here asserts that a reask succeeds: only that it
 happened, that it carried the parse error, and that every call is recorded with its cost.
@@ -32,6 +35,7 @@ class Ticket(BaseModel):
 def test_native_reasks_with_the_parse_error_and_records_every_call(
     proxy: FaultProxy, remote_settings: Callable[..., Settings]
 ) -> None:
+    proxy.configure(reject=["grammar", "structured_outputs"])
     settings = remote_settings(grammar_max_reasks=2, max_tokens=24)
     task = Task(text=TEXT, spec=compile_spec(TICKET), settings=settings)
     attempts = asyncio.run(NativeTier(settings).attempts(task))
@@ -53,6 +57,7 @@ def test_native_reasks_with_the_parse_error_and_records_every_call(
         assert attempt.ok or attempt.error is not None
     # Each reask carries the conversation so far: the prompt grows.
     assert attempts[1].usage.input_tokens > first.usage.input_tokens
+    assert [r["mode"] for r in first.meta["rejected_modes"]] == ["gbnf", "structured_outputs"]
     stats = proxy.stats()
     assert stats["status"].get("200", 0) >= len(attempts)
     if all(a.meta["http_tries"] == 1 for a in attempts):  # a timed-out try may still be billed
@@ -63,6 +68,7 @@ def test_native_reasks_with_the_parse_error_and_records_every_call(
 def test_the_chain_skips_instructor_and_repair_regenerates_under_the_grammar(
     proxy: FaultProxy, remote_settings: Callable[..., Settings]
 ) -> None:
+    proxy.configure(reject=["grammar", "structured_outputs"])
     settings = remote_settings(grammar_max_reasks=0, max_tokens=24)
     extractor = Extractor(tiers=["native", "instructor", "repair"], **settings.model_dump(
         include={"base_url", "timeout_s", "max_retries", "grammar_max_reasks", "max_tokens"}))
@@ -82,6 +88,7 @@ def test_the_chain_skips_instructor_and_repair_regenerates_under_the_grammar(
 def test_a_grammar_field_that_does_not_parse_is_a_validation_error_the_reask_carries(
     proxy: FaultProxy, remote_settings: Callable[..., Settings]
 ) -> None:
+    proxy.configure(reject=["grammar", "structured_outputs"])  # no combined grammar: checked after
     settings = remote_settings(max_tokens=24, instructor_max_retries=1)
     native = Extractor(tiers=["native"], **settings.model_dump(
         include={"base_url", "timeout_s", "max_retries", "max_tokens"})).run(TEXT, Ticket)

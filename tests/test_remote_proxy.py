@@ -53,6 +53,8 @@ def test_bad_config_is_refused(proxy: FaultProxy) -> None:
         proxy.configure(next=["teapot"])
     with pytest.raises(ValueError, match="rate"):
         proxy.configure(rate=2.0)
+    with pytest.raises(ValueError, match="unknown strip field"):
+        proxy.configure(strip=["messages"])
     with pytest.raises(ValueError, match="no_such_field"):
         proxy.configure(no_such_field=1)
 

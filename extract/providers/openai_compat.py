@@ -18,7 +18,9 @@ so they share one implementation of what makes a flaky endpoint usable:
   exceptions carry the request, and the request carries the ``Authorization`` header.
 
 It also holds what is learnt about an endpoint for the life of the process: the capability
-ladder of ``response_format`` modes it accepts, its breaker, and the model name it serves.
+ladder of ``response_format`` modes it accepts, the ladder of grammar request fields it
+enforces (``grammar`` for llama.cpp, ``structured_outputs`` for vLLM, each credited by a probe),
+its breaker, and the model name it serves.
 
 This module imports no tier.
 """
@@ -34,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr
@@ -46,7 +48,9 @@ from extract.settings import Settings
 from extract.types import AttemptError
 
 __all__ = [
+    "GRAMMAR_LADDER",
     "LADDER",
+    "PROBE_TEXT",
     "CapabilityLadder",
     "CircuitBreaker",
     "CircuitOpen",
@@ -54,12 +58,16 @@ __all__ = [
     "DeadlineExceeded",
     "Endpoint",
     "EndpointState",
+    "GrammarMode",
     "Mode",
     "attempt_error",
     "detect_capabilities",
     "endpoint_state",
+    "gbnf_refusal",
+    "grammar_body_for",
     "is_mode_rejection",
     "normalise",
+    "probe_grammar_mode",
     "reset_endpoint_states",
     "response_format_for",
 ]
@@ -72,6 +80,59 @@ Mode = Literal["json_schema", "json_object_schema", "json_object", "prompt"]
 # OpenAI's strict structured outputs; llama.cpp's json_object with a schema (enforced by a
 # grammar); any JSON object; nothing (the prompt alone asks for JSON).
 LADDER: tuple[Mode, ...] = ("json_schema", "json_object_schema", "json_object", "prompt")
+
+
+GrammarMode = Literal["gbnf", "structured_outputs", "prompt"]
+
+# The ladder for grammar and regex specs, strongest first. No OpenAI-compatible standard
+# exists, so each rung is one server family's request field: llama.cpp's server (and
+# llama-cpp-python's) take a GBNF grammar in ``grammar``; vLLM takes
+# ``structured_outputs: {"grammar": <Lark or EBNF>}`` or ``{"regex": ...}`` (its
+# ``guided_grammar``/``guided_regex`` fields were removed in v0.12). A server ignores a field it
+# does not know, so a rung is credited only after a probe shows the server enforcing it.
+GRAMMAR_LADDER: tuple[GrammarMode, ...] = ("gbnf", "structured_outputs", "prompt")
+
+# What the probe forces: a string no model answers "Reply with one word." with by chance.
+PROBE_TEXT = "zq-7x"
+_PROBE_BODY: dict[str, dict[str, Any]] = {
+    "gbnf": {"grammar": f'root ::= "{PROBE_TEXT}"'},
+    "structured_outputs": {"structured_outputs": {"grammar": f'start: "{PROBE_TEXT}"'}},
+}
+
+
+def grammar_body_for(mode: GrammarMode, *, gbnf: str | None = None, lark: str | None = None,
+                     regex: str | None = None) -> dict[str, Any]:
+    """The extra request fields for one grammar rung: ``{"grammar": gbnf}`` (llama.cpp) or
+    ``{"structured_outputs": {"grammar": lark} | {"regex": regex}}`` (vLLM); empty for prompt."""
+    if mode == "gbnf":
+        if gbnf is None:
+            raise ValueError("the gbnf rung needs a GBNF grammar")
+        return {"grammar": gbnf}
+    if mode == "structured_outputs":
+        if (lark is None) == (regex is None):
+            raise ValueError("the structured_outputs rung needs exactly one of a Lark grammar and a regex")
+        return {"structured_outputs": {"grammar": lark} if lark is not None else {"regex": regex}}
+    return {}
+
+
+def gbnf_refusal(gbnf: str) -> str | None:
+    """Why llama.cpp's grammar parser refuses ``gbnf``, or None when it reads it.
+
+    Checked before a grammar is sent because llama-cpp-python's server does not check: an
+    unparsable grammar reaches ``llama_sampler_chain_add`` as NULL and the server process dies
+    of a segmentation fault (measured, llama-cpp-python 0.3.36). The parser is llama.cpp's own,
+    through the sampler API, with no model loaded (it needs no vocabulary to parse). Without
+    llama-cpp-python installed nothing is checked here (None).
+    """
+    try:
+        import llama_cpp
+    except ImportError:  # pragma: no cover - llama-cpp-python is a dependency of the default model
+        return None
+    sampler = llama_cpp.llama_sampler_init_grammar(None, gbnf.encode("utf-8"), b"root")
+    if not sampler:
+        return "llama.cpp's grammar parser refuses it (its log says why)"
+    llama_cpp.llama_sampler_free(sampler)
+    return None
 
 
 def response_format_for(mode: Mode, schema: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -326,28 +387,34 @@ def attempt_error(exc: ProviderError) -> AttemptError:
 # -- what is learnt about an endpoint -----------------------------------------------------
 
 
-class CapabilityLadder:
-    """Which ``response_format`` modes an endpoint accepts, learnt by being refused.
+M = TypeVar("M", bound=str)
+
+
+class CapabilityLadder(Generic[M]):
+    """Which modes an endpoint accepts, learnt by being refused.
 
     Starts at the strongest rung; a refusal steps down and is remembered with its reason,
     so each endpoint pays for a refused mode once per process. ``confirmed`` is the rung
-    that last produced an answer.
+    that last produced an answer. One ladder for ``response_format`` modes (``LADDER``) and
+    one for grammar request fields (``GRAMMAR_LADDER``); the last rung is never refused.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rungs: tuple[M, ...] = LADDER) -> None:  # type: ignore[assignment]
+        self.rungs = rungs
         self.rejected: dict[str, str] = {}
-        self.confirmed: Mode | None = None
+        self.confirmed: M | None = None
 
-    def current(self) -> Mode:
-        return next(m for m in LADDER if m not in self.rejected)
+    def current(self, skip: frozenset[str] = frozenset()) -> M:
+        """The strongest rung not refused (nor in ``skip``: rungs one spec cannot use)."""
+        return next((m for m in self.rungs if m not in self.rejected and m not in skip), self.rungs[-1])
 
-    def reject(self, mode: Mode, reason: str) -> None:
-        if mode != "prompt":
+    def reject(self, mode: M, reason: str) -> None:
+        if mode != self.rungs[-1]:
             self.rejected.setdefault(mode, reason)
         if self.confirmed == mode:
             self.confirmed = None
 
-    def confirm(self, mode: Mode) -> None:
+    def confirm(self, mode: M) -> None:
         self.confirmed = mode
 
     def snapshot(self) -> dict[str, Any]:
@@ -410,9 +477,13 @@ class CircuitBreaker:
 class EndpointState:
     """Everything remembered about one endpoint for the life of the process."""
 
-    ladder: CapabilityLadder
+    ladder: CapabilityLadder[Mode]
     breaker: CircuitBreaker
     served_model: str | None = None
+    grammar_ladder: CapabilityLadder[GrammarMode] = field(
+        default_factory=lambda: CapabilityLadder(GRAMMAR_LADDER))
+    # Grammar rungs a probe showed enforced (a rung is probed once per endpoint and process).
+    grammar_enforced: set[str] = field(default_factory=set)
     instructor_rejected: dict[str, str] = field(default_factory=dict)
     instructor_confirmed: set[str] = field(default_factory=set)
 
@@ -424,7 +495,7 @@ def endpoint_state(endpoint: Endpoint) -> EndpointState:
     state = _STATES.get(endpoint.key)
     if state is None:
         state = EndpointState(
-            ladder=CapabilityLadder(),
+            ladder=CapabilityLadder(LADDER),
             breaker=CircuitBreaker(endpoint.breaker_threshold, endpoint.breaker_cooldown_s),
         )
         _STATES[endpoint.key] = state
@@ -622,9 +693,42 @@ def _malformed(what: str, result: Any) -> str | None:
     return None
 
 
+async def probe_grammar_mode(conn: Connection, mode: GrammarMode, model: str) -> dict[str, Any]:
+    """Does the endpoint enforce ``mode``'s grammar field? One tiny call, remembered.
+
+    The probe's grammar allows only ``PROBE_TEXT``: an answer equal to it shows the field
+    enforced (the rung is credited); anything else shows it ignored, and a refusal (HTTP
+    400, or a 500 naming the grammar) shows it unsupported; either way the rung is refused
+    for this endpoint with the reason. Transient failures propagate (the attempt fails as
+    any call would). Returns what the caller records: the answer, its usage, the verdict.
+    """
+    ladder = conn.state.grammar_ladder
+    record: dict[str, Any] = {"mode": mode}
+    try:
+        resp = await conn.chat(
+            model=model, messages=[{"role": "user", "content": "Reply with one word."}],
+            max_tokens=8, temperature=0, extra_body=_PROBE_BODY[mode],
+        )
+    except ProviderError as exc:
+        if not is_mode_rejection(exc):
+            raise
+        ladder.reject(mode, str(exc))
+        return {**record, "enforced": False, "reason": str(exc)}
+    content = (resp.choices[0].message.content or "").strip()
+    usage = getattr(resp, "usage", None)
+    record["usage"] = {"input_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
+                       "output_tokens": int(getattr(usage, "completion_tokens", 0) or 0)}
+    if content == PROBE_TEXT:
+        conn.state.grammar_enforced.add(mode)
+        return {**record, "enforced": True}
+    reason = f"accepted but not enforced (the probe answered {content[:40]!r})"
+    ladder.reject(mode, reason)
+    return {**record, "enforced": False, "reason": reason}
+
+
 async def detect_capabilities(
     endpoint: Endpoint, *, deadline: float | None = None, max_tokens: int = 24
-) -> CapabilityLadder:
+) -> CapabilityLadder[Mode]:
     """Probe the ladder from the top with a tiny request per rung, until one is honoured.
 
     A rung counts only when the answer validates against the probe schema, so a server that

@@ -86,8 +86,9 @@ TIER_SUPPORT: dict[str, frozenset[str]] = {
     "local": frozenset(_JSON_CORE | CHECKED_AFTER["local"] | {
         "format_other", "recursion", "pattern_properties", "min_max_properties", "multiple_of", "regex",
         "grammar", "grammar_field"}),
-    # Grammars: native asks for plain text, parses it with lark and reasks with the parse
-    # error; repair regenerates on the local model under the grammar. Instructor validates
+    # Grammars: native sends them to the server where it enforces a grammar field (GBNF for
+    # llama.cpp, Lark for vLLM), else asks for plain text; either way it parses with lark and
+    # reasks with the parse error; repair regenerates on the local model under the grammar. Instructor validates
     # JSON against a response model and cannot carry a grammar: it refuses whole-output
     # grammars (the native tier runs the reask loop on the same endpoint). Grammar fields
     # are validated with lark after the fact everywhere (a Pydantic validator), so a

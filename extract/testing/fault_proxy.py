@@ -17,7 +17,8 @@ test module:
 
 - ``POST /__proxy__/config`` with a JSON object of the ``ProxyConfig`` fields to change
   (``next``: faults for the next requests, in order; ``rate``/``seed``/``faults``: a seeded
-  random fault rate; ``reject``: request shapes answered with 400; ``require_key``; timings).
+  random fault rate; ``reject``: request shapes answered with 400; ``strip``: request fields
+  dropped before forwarding, as a server that ignores them would; ``require_key``; timings).
 - ``GET /__proxy__/stats``: requests seen, forwarded, faults injected by kind, and the token
   usage of every completion delivered intact (what the server reported, summed).
 - ``GET /__proxy__/requests``: the bodies of the last ``record`` model calls (off by default).
@@ -46,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["FAULT_KINDS", "REJECTABLE", "FaultProxy", "ProxyConfig", "ProxyStats", "main", "serve"]
+__all__ = ["FAULT_KINDS", "REJECTABLE", "STRIPPABLE", "FaultProxy", "ProxyConfig", "ProxyStats", "main", "serve"]
 
 # Every fault the proxy can inject, and what the client sees. Tests enumerate this table.
 FAULT_KINDS: dict[str, str] = {
@@ -65,7 +66,10 @@ FAULT_KINDS: dict[str, str] = {
 }
 
 # Request shapes the proxy can refuse with a 400, as a server without that feature would.
-REJECTABLE = ("json_schema", "json_object_schema", "json_object", "tools")
+# ``grammar`` is llama.cpp's GBNF field, ``structured_outputs`` vLLM's grammar/regex field.
+REJECTABLE = ("json_schema", "json_object_schema", "json_object", "tools", "grammar", "structured_outputs")
+# Request fields the proxy can drop before forwarding, as a server that ignores them would.
+STRIPPABLE = ("grammar", "structured_outputs", "response_format")
 
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -82,6 +86,7 @@ class ProxyConfig:
     faults: list[str] = field(default_factory=lambda: list(FAULT_KINDS))
     next: list[str] = field(default_factory=list)
     reject: list[str] = field(default_factory=list)
+    strip: list[str] = field(default_factory=list)
     require_key: str | None = None
     retry_after: float = 1.0
     delay_s: float = 5.0
@@ -97,6 +102,9 @@ class ProxyConfig:
         bad = [r for r in self.reject if r not in REJECTABLE]
         if bad:
             raise ValueError(f"unknown reject shape(s) {bad}; known: {', '.join(REJECTABLE)}")
+        bad = [r for r in self.strip if r not in STRIPPABLE]
+        if bad:
+            raise ValueError(f"unknown strip field(s) {bad}; known: {', '.join(STRIPPABLE)}")
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError("rate must be between 0 and 1")
 
@@ -114,10 +122,11 @@ class ProxyStats:
     faults: Counter[str] = field(default_factory=Counter)
     status: Counter[str] = field(default_factory=Counter)
     usage: Counter[str] = field(default_factory=Counter)
+    stripped: Counter[str] = field(default_factory=Counter)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("faults", "status", "usage"):
+        for key in ("faults", "status", "usage", "stripped"):
             data[key] = dict(getattr(self, key))
         return data
 
@@ -203,6 +212,9 @@ class _Proxy:
                 shapes.add(kind)
         if body.get("tools"):
             shapes.add("tools")
+        for name in ("grammar", "structured_outputs"):
+            if body.get(name) is not None:
+                shapes.add(name)
         hit = sorted(shapes & set(self.config.reject))
         return hit[0] if hit else None
 
@@ -266,11 +278,12 @@ class _Proxy:
         shape = self.rejection(request)
         if shape is not None:
             self.stats.rejected += 1
-            await self.error(
-                writer, 400, f"response format {shape!r} is not supported by this endpoint",
-                "invalid_request_error",
-            )
+            what = f"request field {shape!r}" if shape in ("grammar", "structured_outputs") else \
+                f"response format {shape!r}"
+            await self.error(writer, 400, f"{what} is not supported by this endpoint", "invalid_request_error")
             return
+        if cfg.strip and request.target.startswith(cfg.path_prefix):
+            request.body = _stripped(request.body, cfg.strip, self.stats)
         fault = self.pick_fault(request)
         if fault is not None:
             self.stats.faults[fault] += 1
@@ -371,6 +384,23 @@ class _Proxy:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+def _stripped(body: bytes, fields: list[str], stats: ProxyStats) -> bytes:
+    """The request body without ``fields`` (counted in ``stats.stripped``)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(data, dict):
+        return body
+    hit = [f for f in fields if f in data]
+    if not hit:
+        return body
+    for name in hit:
+        data.pop(name)
+        stats.stripped[name] += 1
+    return json.dumps(data).encode()
 
 
 async def _respond(writer: asyncio.StreamWriter, status: int, payload: dict[str, Any]) -> None:
@@ -570,6 +600,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--faults", default=",".join(FAULT_KINDS), help="comma-separated kinds")
     parser.add_argument("--reject", default="", help=f"comma-separated: {', '.join(REJECTABLE)}")
+    parser.add_argument("--strip", default="", help=f"comma-separated: {', '.join(STRIPPABLE)}")
     parser.add_argument("--retry-after", type=float, default=1.0)
     parser.add_argument("--delay", type=float, default=5.0, help="seconds held by 'delay'")
     parser.add_argument(
@@ -586,6 +617,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         faults=[f for f in args.faults.split(",") if f],
         reject=[r for r in args.reject.split(",") if r],
+        strip=[r for r in args.strip.split(",") if r],
         retry_after=args.retry_after,
         delay_s=args.delay,
     )

@@ -8,12 +8,22 @@ sent is the spec's own, closed (``additionalProperties: false``) and with bounde
 (``local_constraint``), because an open schema lets a small model wander into extra keys
 and an unbounded string lets it repeat a word until the token limit.
 
-A Lark grammar spec has no structured mode on an OpenAI-compatible endpoint: OpenAI has
-none, and llama.cpp's ``grammar`` request field takes GBNF, a server extension in another
-grammar language (translating Lark to GBNF would be a second, unverified reading of the
-grammar). So grammar specs are asked for as plain text (mode ``prompt``), parsed with lark,
-and on a parse error asked again with the error (line, column, expected tokens, the
-offending text), at most ``grammar_max_reasks`` times; every call is its own Attempt.
+Grammar and regex specs climb a second ladder (``GRAMMAR_LADDER``): the server's own grammar
+field where the endpoint enforces one — llama.cpp's ``grammar`` with the spec converted to
+GBNF (``extract.spec.gbnf``), vLLM's ``structured_outputs`` with the Lark text or the regex —
+else plain text (mode ``prompt``). Servers ignore fields they do not know, so each rung is
+credited per endpoint only after a tiny probe shows it enforced (``probe_grammar_mode``,
+recorded in ``meta["probes"]`` of the attempt that paid for it); a refused or ignored rung is
+remembered like a refused JSON mode. A spec the rung's language cannot express (indirect left
+recursion, lookaround, backreferences...) skips that rung with the reason in
+``meta["rejected_modes"]``: never a silently unconstrained request. Whatever the rung, the
+answer is parsed with lark (or fully matched) and, on a failure, asked again with the error
+(line, column, expected tokens, the offending text), at most ``grammar_max_reasks`` times;
+every call is its own Attempt.
+
+A model with grammar fields (``Annotated[str, Grammar]``), on an endpoint whose ``gbnf`` rung
+is enforced, is sent as one GBNF (``object_gbnf``) instead of ``response_format``: the JSON
+and each top-level field's grammar together. Elsewhere the field is validated after, as before.
 """
 
 from __future__ import annotations
@@ -21,22 +31,27 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from extract.errors import ProviderError
+from extract.errors import ProviderError, UnsupportedSchema
 from extract.providers.openai_compat import (
     Connection,
     Endpoint,
+    GrammarMode,
     Mode,
+    gbnf_refusal,
+    grammar_body_for,
     is_mode_rejection,
+    probe_grammar_mode,
     response_format_for,
 )
-from extract.spec import Spec
+from extract.spec import Spec, local_constraint
+from extract.spec.gbnf import grammar_to_gbnf, object_gbnf, regex_to_gbnf
 from extract.spec.prompt import PROMPT_VERSION, build_messages
 from extract.tiers.base import Spend, Task
 from extract.tiers.remote import EndpointTier, closed_schema, schema_name, usage_of
-from extract.types import Attempt, AttemptError, ModelInfo
+from extract.types import Attempt, AttemptError, ModelInfo, Usage
 from extract.validate import Checked, check
 
-__all__ = ["NativeTier", "grammar_reask"]
+__all__ = ["NativeTier", "grammar_reask", "regex_reask"]
 
 # The reask restates what the language is; a grammar's whole text would crowd the context.
 _REASK_ABOUT_CHARS = 600
@@ -60,20 +75,31 @@ def grammar_reask(spec: Spec, raw: str | None, error: AttemptError) -> str:
     return "\n".join(lines)
 
 
+def regex_reask(spec: Spec, raw: str | None, error: AttemptError) -> str:
+    """The follow-up after an answer that does not fully match the regex: the pattern itself
+    (it is the whole specification) and what came back."""
+    lines = [f"Your answer {raw!r} does not fully match the regular expression /{spec.pattern}/."]
+    if error.type == "truncated":
+        lines.append("The answer was cut at the token limit: write a shorter one.")
+    lines.append("Answer again with only text that matches it in full, nothing before or after.")
+    return "\n".join(lines)
+
+
 class NativeTier(EndpointTier):
     """An OpenAI-compatible endpoint's structured mode, one call per extraction."""
 
     kind = "native"
 
     def spend(self, spec: Spec, text: str) -> Spend:
-        # A grammar spec is asked again with each parse error, up to grammar_max_reasks times.
-        reasks = self.settings.grammar_max_reasks if spec.kind == "grammar" else 0
+        # A grammar or regex spec is asked again with each parse error or mismatch, up to
+        # grammar_max_reasks times.
+        reasks = self.settings.grammar_max_reasks if spec.kind in ("grammar", "regex") else 0
         return Spend(self.output_tokens(spec, text), max_calls=1 + reasks)
 
     async def attempts(self, task: Task) -> list[Attempt]:
         endpoint = Endpoint.from_settings(self.settings, self.endpoint_name)
         spec = task.spec
-        if spec.kind == "grammar":
+        if spec.kind in ("grammar", "regex"):
             return await self._grammar_attempts(task, endpoint)
         schema = closed_schema(spec, task.text) if spec.is_json else None
         messages = build_messages(spec, task.text, task.examples)
@@ -85,7 +111,11 @@ class NativeTier(EndpointTier):
         async with Connection(endpoint, task.deadline) as conn:
             try:
                 model_name = await conn.served_model()
-                while True:
+                call_started = time.perf_counter()
+                response = None
+                if schema is not None and "grammar_field" in spec.features:
+                    response = await self._combined_call(conn, task, model_name, messages, budget, meta, rejected)
+                while response is None:
                     mode: Mode = conn.state.ladder.current() if schema is not None else "prompt"
                     meta["mode"] = mode
                     fmt = response_format_for(mode, schema, schema_name(spec)) if schema else None
@@ -108,7 +138,6 @@ class NativeTier(EndpointTier):
                             continue
                         raise
                     conn.state.ladder.confirm(mode)
-                    break
             except ProviderError as exc:
                 return [self._failed(exc, model_name, started, meta, rejected, conn)]
             latency = time.perf_counter() - call_started
@@ -116,13 +145,59 @@ class NativeTier(EndpointTier):
         raw = choice.message.content
         finish = choice.finish_reason
         checked = self.checked(raw, task, finish)
-        return [self._answered(task, response, model_name, checked, latency, {
+        answered = self._answered(task, response, model_name, checked, latency, {
             **meta,
             "http_tries": conn.http_tries,
             **({"transport_errors": conn.transport_errors} if conn.transport_errors else {}),
             **({"rejected_modes": rejected} if rejected else {}),
             "wall_s": time.perf_counter() - started,
-        })]
+        })
+        return [self._with_probe_usage(answered)]
+
+    async def _combined_call(self, conn: Connection, task: Task, model_name: str, messages: list[dict[str, str]],
+                             budget: int, meta: dict[str, Any], rejected: list[dict[str, str]]) -> Any:
+        """A model with grammar fields on an endpoint that enforces llama.cpp's ``grammar``
+        field: one GBNF for the whole object (``object_gbnf``: the JSON as llama-cpp-python
+        writes it, each grammar field's own grammar between its quotes), instead of
+        ``response_format``. None when the spec cannot be combined or the endpoint has no
+        such field: the JSON ladder then runs as usual and lark checks the field after."""
+        ladder = conn.state.grammar_ladder
+        if ladder.current() != "gbnf":
+            return None
+        try:
+            gbnf = object_gbnf(local_constraint(task.spec, task.text))
+            refusal = gbnf_refusal(gbnf)
+            if refusal is not None:
+                raise UnsupportedSchema("grammar_field", self.kind, detail=f"the combined GBNF: {refusal}")
+        except UnsupportedSchema as exc:
+            rejected.append({"mode": "gbnf", "reason": f"not convertible: {exc}"})
+            return None
+        if "gbnf" not in conn.state.grammar_enforced:
+            probe = await probe_grammar_mode(conn, "gbnf", model_name)
+            meta["probes"] = [probe]
+            if not probe["enforced"]:
+                rejected.append({"mode": "gbnf", "reason": str(probe["reason"])})
+                return None
+        meta["mode"] = "gbnf"
+        try:
+            return await conn.chat(model=model_name, messages=messages, max_tokens=budget, temperature=0,
+                                   extra_body=grammar_body_for("gbnf", gbnf=gbnf))
+        except ProviderError as exc:
+            if not is_mode_rejection(exc):
+                raise
+            rejected.append({"mode": "gbnf", "reason": str(exc)})
+            return None
+
+    @staticmethod
+    def _with_probe_usage(attempt: Attempt) -> Attempt:
+        """The probes' tokens were spent for this attempt: in its usage (so budgets and reports
+        count them), itemised in ``meta["probes"]``."""
+        for probe in attempt.meta.get("probes", []):
+            used = probe.get("usage", {})
+            used_in, used_out = int(used.get("input_tokens", 0)), int(used.get("output_tokens", 0))
+            attempt.usage = attempt.usage + Usage(input_tokens=used_in, output_tokens=used_out,
+                                                  total_tokens=used_in + used_out)
+        return attempt
 
     def _answered(self, task: Task, response: Any, model_name: str | None, checked: Checked,
                   latency: float, meta: dict[str, Any]) -> Attempt:
@@ -144,17 +219,44 @@ class NativeTier(EndpointTier):
             meta=meta,
         )
 
+    def _grammar_body(self, spec: Spec, mode: GrammarMode) -> dict[str, Any]:
+        """The request fields that carry the spec's constraint on ``mode``; raises
+        ``UnsupportedSchema`` when this spec cannot be said in that rung's language."""
+        if mode == "gbnf":
+            gbnf = grammar_to_gbnf(spec.grammar) if spec.grammar is not None else regex_to_gbnf(str(spec.pattern))
+            refusal = gbnf_refusal(gbnf)
+            if refusal is not None:  # never sent: llama-cpp-python's server would crash on it
+                raise UnsupportedSchema("gbnf", self.kind, path=spec.name, detail=f"the converted GBNF: {refusal}")
+            return grammar_body_for(mode, gbnf=gbnf)
+        if mode == "structured_outputs":
+            if spec.grammar is not None:
+                return grammar_body_for(mode, lark=spec.grammar.llguidance_text())
+            # vLLM's regex engines (xgrammar, llguidance) have no lookaround or backreference
+            # either: the same refusal as for GBNF, before anything is sent.
+            regex_to_gbnf(str(spec.pattern))
+            return grammar_body_for(mode, regex=spec.pattern)
+        return {}
+
     async def _grammar_attempts(self, task: Task, endpoint: Endpoint) -> list[Attempt]:
-        """Plain text, parsed with lark; a parse error is fed back, up to the reask bound."""
+        """Grammar and regex specs: the server's grammar field where the endpoint enforces one
+        (llama.cpp's GBNF ``grammar``, vLLM's ``structured_outputs``), else plain text; the
+        answer is parsed (lark) or fully matched (regex) either way, and a failure is fed
+        back, up to the reask bound. Every call is its own Attempt, its rung in
+        ``meta["mode"]``."""
         spec = task.spec
         messages: list[dict[str, str]] = build_messages(spec, task.text)
         budget = self.output_tokens(spec, task.text)
-        meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget, "mode": "prompt"}
+        meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget}
         out: list[Attempt] = []
         started = time.perf_counter()
         model_name: str | None = endpoint.model
+        rejected: list[dict[str, str]] = []
+        probes: list[dict[str, Any]] = []
+        skip: set[str] = set()  # rungs this spec cannot use (conversion refused) or the server refused for it
         async with Connection(endpoint, task.deadline) as conn:
-            for index in range(1 + self.settings.grammar_max_reasks):
+            ladder = conn.state.grammar_ladder
+            index = 0
+            while index <= self.settings.grammar_max_reasks:
                 call_meta = {**meta, "grammar_attempt": index + 1}
                 if index > 0:
                     call_meta["reask"] = messages[-1]["content"]
@@ -162,25 +264,62 @@ class NativeTier(EndpointTier):
                 call_started = time.perf_counter()
                 try:
                     model_name = await conn.served_model()
-                    response = await conn.chat(
-                        model=model_name, messages=messages, max_tokens=budget, temperature=0
-                    )
+                    mode = ladder.current(frozenset(skip))
+                    body: dict[str, Any] = {}
+                    if mode != "prompt":
+                        try:
+                            body = self._grammar_body(spec, mode)
+                        except UnsupportedSchema as exc:
+                            skip.add(mode)
+                            rejected.append({"mode": mode, "reason": f"not convertible: {exc}"})
+                            continue
+                        if mode not in conn.state.grammar_enforced:
+                            probe = await probe_grammar_mode(conn, mode, model_name)
+                            probes.append(probe)
+                            if not probe["enforced"]:
+                                rejected.append({"mode": mode, "reason": str(probe["reason"])})
+                                continue
+                    call_meta["mode"] = mode
+                    try:
+                        response = await conn.chat(model=model_name, messages=messages, max_tokens=budget,
+                                                   temperature=0, **({"extra_body": body} if body else {}))
+                    except ProviderError as exc:
+                        # The probe passed but this grammar was refused (too big, a construct the
+                        # server's parser lacks): this spec steps down, the endpoint keeps the rung.
+                        if mode != "prompt" and is_mode_rejection(exc):
+                            skip.add(mode)
+                            rejected.append({"mode": mode, "reason": str(exc)})
+                            continue
+                        raise
+                    ladder.confirm(mode)
                 except ProviderError as exc:
-                    failed = self._failed(exc, model_name, call_started, call_meta, [], conn)
+                    failed = self._failed(exc, model_name, call_started, self._extra(call_meta, rejected, probes),
+                                          [], conn)
                     failed.meta["http_tries"] = conn.http_tries - tries_before
                     out.append(failed)
                     break
                 choice = response.choices[0]
                 raw, finish = choice.message.content, choice.finish_reason
                 checked = check(raw, spec, truncated=finish == "length")
-                out.append(self._answered(task, response, model_name, checked, time.perf_counter() - call_started,
-                                          {**call_meta, "http_tries": conn.http_tries - tries_before,
-                                           "wall_s": time.perf_counter() - started}))
+                answered = self._answered(task, response, model_name, checked, time.perf_counter() - call_started,
+                                          {**self._extra(call_meta, rejected, probes),
+                                           "http_tries": conn.http_tries - tries_before,
+                                           "wall_s": time.perf_counter() - started})
+                out.append(self._with_probe_usage(answered))
+                rejected, probes = [], []  # recorded once, on the attempt that paid for them
+                index += 1
                 if checked.error is None:
                     break
+                reask = grammar_reask(spec, raw, checked.error) if spec.grammar is not None else \
+                    regex_reask(spec, raw, checked.error)
                 messages = [*messages, {"role": "assistant", "content": raw or ""},
-                            {"role": "user", "content": grammar_reask(spec, raw, checked.error)}]
+                            {"role": "user", "content": reask}]
         return out
+
+    @staticmethod
+    def _extra(meta: dict[str, Any], rejected: list[dict[str, str]], probes: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**meta, **({"rejected_modes": list(rejected)} if rejected else {}),
+                **({"probes": list(probes)} if probes else {})}
 
     def _failed(self, exc: ProviderError, model_name: str | None, started: float, meta: dict[str, Any],
                 rejected: list[dict[str, str]], conn: Connection) -> Attempt:
