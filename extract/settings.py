@@ -122,6 +122,21 @@ class Settings(BaseSettings):
         description="Cut text that does not fit the context (recorded on the Attempt) "
         "instead of raising ConfigError.",
     )
+    review_below: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="Mark a value for review (FieldGrounding.needs_review) when its confidence is "
+        "below this; values not found in the text are always marked.",
+    )
+    abstain_below: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="Return null for a value whose confidence is below this, where the schema allows "
+        "null (else it is only marked); what was withheld is recorded on Result.fields.",
+    )
+    calibration: Path | None = Field(
+        default=None,
+        description="A calibration file (extract.validate.calibration) mapping the model's "
+        "probabilities to calibrated confidences; it must match the spec, model and prompt.",
+    )
     cache_dir: Path | None = None
     cache: bool = Field(
         default=True,

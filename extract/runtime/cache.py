@@ -53,6 +53,8 @@ NEUTRAL_SETTINGS = frozenset({
     "breaker_threshold", "breaker_cooldown_s", "deadline_s", "n_threads", "endpoints", "base_url", "model",
     "cache", "cache_dir", "cache_url", "cache_size_limit", "prices", "budget_tokens", "budget_usd",
     "tiers",
+    # Applied to a Result after the cache (extract.pipeline): the stored Result is the model's own.
+    "review_below", "abstain_below", "calibration",
 })
 
 

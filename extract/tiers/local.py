@@ -26,6 +26,7 @@ from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
 from extract.tiers.base import MIN_OUTPUT_TOKENS, Spend, Task, output_token_limit
 from extract.types import Attempt, Usage
 from extract.validate import check
+from extract.validate.grounding import token_confidences
 
 __all__ = ["LocalTier"]
 
@@ -195,6 +196,7 @@ class LocalTier:
         truncated = gen.finish_reason == "length"
         checked = check(gen.text, spec, truncated=truncated)
         error = checked.error
+        confidence = token_confidences(gen.text, gen.token_ends, gen.token_logprobs, spec.is_json)
         return [
             Attempt(
                 tier=self.name,
@@ -215,6 +217,7 @@ class LocalTier:
                     "forced_tokens": gen.forced_tokens,
                     **({"all_keys": True, "null_penalty": penalty} if all_keys else {}),
                     "input_chars": len(text),
+                    **({"confidence": confidence} if confidence and error is None and not checked.repaired else {}),
                     **({"original_chars": len(task.text)} if cut else {}),
                 },
             )

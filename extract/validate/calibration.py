@@ -1,0 +1,182 @@
+"""Calibrated confidence: a model's raw value probabilities mapped so that 0.8 means right 80% of the time.
+
+Why isotonic regression (pool-adjacent-violators): it assumes only that a higher raw
+probability is not less often right, which holds for token probabilities while their scale
+does not (a 135M model is sure of itself far too often). It is a step function, stored as
+its breakpoints in a small JSON file, and needs no dependency beyond numpy.
+
+A calibration belongs to one spec (its digest), one model (the weights' digest, or the served
+model's name) and one prompt version: the same probability means something else under
+another prompt or model, so applying it elsewhere is a ``ConfigError``, never a silent shift.
+
+The metrics that judge a confidence (AUROC right against wrong, expected calibration error,
+precision at a coverage) live here too, so the benchmark, the report and the tests compute
+them one way. Imports ``errors`` and ``types`` only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from extract.errors import ConfigError
+
+__all__ = [
+    "CALIBRATION_FORMAT",
+    "Calibration",
+    "auroc",
+    "expected_calibration_error",
+    "fit_isotonic",
+    "precision_at_coverage",
+    "reliability_bins",
+]
+
+CALIBRATION_FORMAT = "extract-calibration-v1"
+
+
+def fit_isotonic(scores: Sequence[float], labels: Sequence[bool]) -> tuple[list[float], list[float]]:
+    """Pool-adjacent-violators: breakpoints ``(xs, ys)`` of the non-decreasing step function
+    that fits ``labels`` (1 right, 0 wrong) from ``scores`` in least squares."""
+    import numpy as np
+
+    if len(scores) != len(labels) or not scores:
+        raise ConfigError("fit_isotonic needs as many labels as scores, and at least one")
+    order = np.argsort(np.asarray(scores, dtype=float), kind="stable")
+    x = np.asarray(scores, dtype=float)[order]
+    y = np.asarray(labels, dtype=float)[order]
+    # Blocks: (sum of y, weight, largest x); merge while a block's mean is above the next one's.
+    sums: list[float] = []
+    weights: list[float] = []
+    tops: list[float] = []
+    for xi, yi in zip(x.tolist(), y.tolist(), strict=True):
+        sums.append(yi)
+        weights.append(1.0)
+        tops.append(xi)
+        while len(sums) > 1 and sums[-2] / weights[-2] >= sums[-1] / weights[-1]:
+            s, w, t = sums.pop(), weights.pop(), tops.pop()
+            sums[-1] += s
+            weights[-1] += w
+            tops[-1] = t
+    return [round(t, 6) for t in tops], [round(s / w, 6) for s, w in zip(sums, weights, strict=True)]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted map from raw to calibrated confidence, and what it was fitted for."""
+
+    spec_digest: str
+    model_digest: str
+    prompt_version: str
+    xs: list[float]
+    ys: list[float]
+    tier: str = "local"
+    fitted_on: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, raw: float) -> float:
+        """The calibrated confidence of ``raw``: the step the raw probability falls on."""
+        import bisect
+
+        if not self.xs:
+            return raw
+        i = bisect.bisect_left(self.xs, raw)
+        return self.ys[min(i, len(self.ys) - 1)]
+
+    @classmethod
+    def fit(cls, scores: Sequence[float], labels: Sequence[bool], *, spec_digest: str, model_digest: str,
+            prompt_version: str, tier: str = "local", fitted_on: dict[str, Any] | None = None) -> Calibration:
+        xs, ys = fit_isotonic(scores, labels)
+        return cls(spec_digest, model_digest, prompt_version, xs, ys, tier, dict(fitted_on or {}))
+
+    def save(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            raise ConfigError(f"cannot write the calibration to {path}: folder {path.parent} does not exist")
+        path.write_text(json.dumps({"format": CALIBRATION_FORMAT, **self.__dict__}, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Calibration:
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read calibration file {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"calibration file {path} is not JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+            raise ConfigError(f"{path} is not an extract calibration file (format {CALIBRATION_FORMAT!r})")
+        try:
+            cal = cls(str(data["spec_digest"]), str(data["model_digest"]), str(data["prompt_version"]),
+                      [float(x) for x in data["xs"]], [float(y) for y in data["ys"]], str(data.get("tier", "local")),
+                      dict(data.get("fitted_on") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"calibration file {path} is missing or has a bad field: {exc}") from None
+        if len(cal.xs) != len(cal.ys):
+            raise ConfigError(f"calibration file {path}: xs and ys differ in length")
+        return cal
+
+    def check_spec(self, spec_digest: str, where: str = "") -> None:
+        if spec_digest != self.spec_digest:
+            raise ConfigError(
+                f"the calibration{where} was fitted for another schema (spec digest {self.spec_digest}, "
+                f"this spec is {spec_digest}); fit one for this schema (benchmarks/grounding.py --fit)")
+
+    def check_model(self, model_digest: str | None, prompt_version: str | None, where: str = "") -> None:
+        if model_digest != self.model_digest:
+            raise ConfigError(
+                f"the calibration{where} was fitted for another model ({self.model_digest}, this one is "
+                f"{model_digest}); fit one for this model")
+        if prompt_version != self.prompt_version:
+            raise ConfigError(
+                f"the calibration{where} was fitted for prompt {self.prompt_version}, this run uses "
+                f"{prompt_version}; fit it again")
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Probability that a right value scores above a wrong one (ties count half); None
+    without both classes."""
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    if not pos or not neg:
+        return None
+    ranked = sorted((s, i) for i, s in enumerate(scores))
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(ranked):
+        j = i
+        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[ranked[k][1]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = sum(r for r, y in zip(ranks, labels, strict=True) if y)
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+def reliability_bins(scores: Sequence[float], labels: Sequence[bool], bins: int = 10) -> list[dict[str, float]]:
+    """Equal-width bins: each bin's mean confidence, share right and count (empty bins left out)."""
+    out: list[dict[str, float]] = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        idx = [i for i, s in enumerate(scores) if lo <= s < hi or (b == bins - 1 and s == 1.0)]
+        if idx:
+            out.append({"lo": lo, "hi": hi, "confidence": sum(scores[i] for i in idx) / len(idx),
+                        "accuracy": sum(1 for i in idx if labels[i]) / len(idx), "count": float(len(idx))})
+    return out
+
+
+def expected_calibration_error(scores: Sequence[float], labels: Sequence[bool], bins: int = 10) -> float | None:
+    """Count-weighted mean gap between confidence and accuracy over equal-width bins."""
+    if not scores:
+        return None
+    return sum(b["count"] * abs(b["confidence"] - b["accuracy"]) for b in reliability_bins(scores, labels, bins)) / len(
+        scores)
+
+
+def precision_at_coverage(scores: Sequence[float], labels: Sequence[bool], coverage: float) -> float | None:
+    """Share right among the ``coverage`` fraction of values with the highest confidence."""
+    if not scores:
+        return None
+    n = max(1, round(len(scores) * coverage))
+    top = sorted(range(len(scores)), key=lambda i: -scores[i])[:n]
+    return sum(1 for i in top if labels[i]) / n
