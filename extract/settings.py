@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         description="Return null for a value whose confidence is below this, where the schema allows "
         "null (else it is only marked); what was withheld is recorded on Result.fields.",
     )
+    remote_logprobs: bool = Field(
+        default=False,
+        description="Ask remote endpoints for token log-probabilities, for per-value confidence "
+        "(learnt once per endpoint with a one-token request; an endpoint that refuses gives None). "
+        "Off by default: llama-cpp-python's server refuses them unless started with logits_all.",
+    )
     calibration: Path | None = Field(
         default=None,
         description="A calibration file (extract.validate.calibration) mapping the model's "

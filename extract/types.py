@@ -88,7 +88,8 @@ class FieldGrounding(BaseModel):
     ``status``: ``exact`` (the value as written), ``normalized`` (equal up to case,
     accents, whitespace and punctuation), ``fuzzy`` (``score`` below 1) or ``not_found`` (likely
     invented). ``confidence`` is the model's own probability for the value (calibrated when a
-    calibration is loaded), None where the tier exposes no probabilities. ``withheld``: the value
+    calibration is loaded; ``raw_confidence`` is the uncalibrated one), None where the tier
+    exposes no probabilities. ``withheld``: the value
     was replaced by null because its confidence was under ``abstain_below``.
     """
 
@@ -101,6 +102,9 @@ class FieldGrounding(BaseModel):
     raw_confidence: float | None = None
     needs_review: bool = False
     withheld: bool = False
+    # Another leaf of the same result claims some of the same characters: at most one of
+    # them is likely right (a calibration fits contested values apart).
+    contested: bool = False
 
 
 class Attempt(BaseModel):

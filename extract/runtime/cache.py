@@ -209,6 +209,7 @@ def _hit(data: dict[str, Any], spec: Spec, key: str, started: float, where: str)
         repaired=winner.repaired if winner else False,
         repairs=list(winner.repairs) if winner else [],
         latency_s=time.perf_counter() - started,
+        fields=list(stored.fields),
         meta={"cache": "hit", "key": key[:16], "store": where, "tier": stored.tier,
               "saved_usage": stored.usage.model_dump(), "attempts": len(stored.attempts)},
     )

@@ -32,7 +32,7 @@ from extract.providers.openai_compat import (
 from extract.spec import Spec
 from extract.spec.prompt import PROMPT_VERSION, build_messages
 from extract.tiers.base import Spend, Task
-from extract.tiers.remote import EndpointTier, closed_schema, schema_name, usage_of
+from extract.tiers.remote import EndpointTier, closed_schema, response_confidences, schema_name, usage_of
 from extract.types import Attempt, AttemptError, ModelInfo
 from extract.validate import Checked, check
 
@@ -85,6 +85,7 @@ class NativeTier(EndpointTier):
         async with Connection(endpoint, task.deadline) as conn:
             try:
                 model_name = await conn.served_model()
+                logprobs = self.settings.remote_logprobs and await conn.logprobs_supported(model_name)
                 while True:
                     mode: Mode = conn.state.ladder.current() if schema is not None else "prompt"
                     meta["mode"] = mode
@@ -97,6 +98,7 @@ class NativeTier(EndpointTier):
                             max_tokens=budget,
                             temperature=0,
                             **({"response_format": fmt} if fmt is not None else {}),
+                            **({"logprobs": True} if logprobs else {}),
                         )
                     except ProviderError as exc:
                         # A refusal of a mode this endpoint has already answered in is a
@@ -116,8 +118,10 @@ class NativeTier(EndpointTier):
         raw = choice.message.content
         finish = choice.finish_reason
         checked = self.checked(raw, task, finish)
+        confidence = response_confidences(choice, raw, spec.is_json) if logprobs and not checked.repaired else {}
         return [self._answered(task, response, model_name, checked, latency, {
             **meta,
+            **({"confidence": confidence} if confidence else {}),
             "http_tries": conn.http_tries,
             **({"transport_errors": conn.transport_errors} if conn.transport_errors else {}),
             **({"rejected_modes": rejected} if rejected else {}),

@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 CALIBRATION_FORMAT = "extract-calibration-v1"
+MIN_GROUP = 20
 
 
 def fit_isotonic(scores: Sequence[float], labels: Sequence[bool]) -> tuple[list[float], list[float]]:
@@ -74,21 +75,37 @@ class Calibration:
     ys: list[float]
     tier: str = "local"
     fitted_on: dict[str, Any] = field(default_factory=dict)
+    # A second map for contested values (FieldGrounding.contested: another field claims the
+    # same characters); empty when too few were seen to fit one.
+    contested_xs: list[float] = field(default_factory=list)
+    contested_ys: list[float] = field(default_factory=list)
 
-    def __call__(self, raw: float) -> float:
+    def __call__(self, raw: float, contested: bool = False) -> float:
         """The calibrated confidence of ``raw``: the step the raw probability falls on."""
         import bisect
 
-        if not self.xs:
+        xs, ys = (self.contested_xs, self.contested_ys) if contested and self.contested_xs else (self.xs, self.ys)
+        if not xs:
             return raw
-        i = bisect.bisect_left(self.xs, raw)
-        return self.ys[min(i, len(self.ys) - 1)]
+        i = bisect.bisect_left(xs, raw)
+        return ys[min(i, len(ys) - 1)]
 
     @classmethod
     def fit(cls, scores: Sequence[float], labels: Sequence[bool], *, spec_digest: str, model_digest: str,
-            prompt_version: str, tier: str = "local", fitted_on: dict[str, Any] | None = None) -> Calibration:
-        xs, ys = fit_isotonic(scores, labels)
-        return cls(spec_digest, model_digest, prompt_version, xs, ys, tier, dict(fitted_on or {}))
+            prompt_version: str, contested: Sequence[bool] | None = None, tier: str = "local",
+            fitted_on: dict[str, Any] | None = None) -> Calibration:
+        """Fit on raw confidences and right/wrong labels; with ``contested`` flags, contested and
+        clear values get a map each (when each group has at least ``MIN_GROUP`` values)."""
+        flags = list(contested) if contested is not None else [False] * len(scores)
+        clear = [(s, y) for s, y, c in zip(scores, labels, flags, strict=True) if not c]
+        other = [(s, y) for s, y, c in zip(scores, labels, flags, strict=True) if c]
+        if len(clear) >= MIN_GROUP and len(other) >= MIN_GROUP:
+            xs, ys = fit_isotonic([s for s, _ in clear], [y for _, y in clear])
+            cxs, cys = fit_isotonic([s for s, _ in other], [y for _, y in other])
+        else:
+            xs, ys = fit_isotonic(scores, labels)
+            cxs, cys = [], []
+        return cls(spec_digest, model_digest, prompt_version, xs, ys, tier, dict(fitted_on or {}), cxs, cys)
 
     def save(self, path: Path) -> None:
         if not path.parent.is_dir():
@@ -108,10 +125,11 @@ class Calibration:
         try:
             cal = cls(str(data["spec_digest"]), str(data["model_digest"]), str(data["prompt_version"]),
                       [float(x) for x in data["xs"]], [float(y) for y in data["ys"]], str(data.get("tier", "local")),
-                      dict(data.get("fitted_on") or {}))
+                      dict(data.get("fitted_on") or {}), [float(x) for x in data.get("contested_xs", [])],
+                      [float(y) for y in data.get("contested_ys", [])])
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"calibration file {path} is missing or has a bad field: {exc}") from None
-        if len(cal.xs) != len(cal.ys):
+        if len(cal.xs) != len(cal.ys) or len(cal.contested_xs) != len(cal.contested_ys):
             raise ConfigError(f"calibration file {path}: xs and ys differ in length")
         return cal
 

@@ -36,6 +36,7 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, datetime, time
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -58,7 +59,7 @@ __all__ = [
 FUZZY_MIN_SCORE = 0.75
 # A value with more occurrences than this is located at the first unused ones among them.
 _MAX_OCCURRENCES = 64
-_MAX_CANDIDATES = 48
+_MAX_CANDIDATES = 24
 _WORD = re.compile(r"\w+")
 _NUMBER = re.compile(r"(?<![\w.,])[-+]?\d[\d,. \u00a0']*\d(?![\d])|(?<![\w.,])[-+]?\d")
 _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
@@ -162,23 +163,27 @@ class TextIndex:
         return self._numbers
 
 
-def _fold(ch: str) -> list[str]:
-    """What one character becomes in the normalized text: pieces, " " (separator) or "" (mark)."""
+@lru_cache(maxsize=1 << 16)
+def _fold(ch: str) -> tuple[str, ...]:
+    """What one character becomes in the normalized text: pieces, " " (separator) or "" (mark).
+
+    Cached: a text repeats few distinct characters, so this is a dict lookup per character.
+    """
     if ch.isspace():
-        return [" "]
+        return (" ",)
     cat = unicodedata.category(ch)
     if cat[0] == "P" or cat in ("Cc", "Cf", "Zl", "Zp", "Zs"):
-        return [" "]
+        return (" ",)
     if cat == "Cs":  # a lone surrogate: kept as itself
-        return [ch]
+        return (ch,)
     if cat[0] == "M":
-        return [""]
+        return ("",)
     out: list[str] = []
     for d in unicodedata.normalize("NFKD", ch):
         if unicodedata.category(d)[0] == "M":
             continue
         out.extend(d.casefold())
-    return out or [""]
+    return tuple(out) or ("",)
 
 
 def normalize(s: str) -> str:
@@ -272,33 +277,33 @@ class _Aligner:
         return spans[0]
 
     def exact(self, needle: str) -> tuple[int, int] | None:
-        text = self.index.text
-        found: list[tuple[int, int]] = []
-        bounded: list[tuple[int, int]] = []
-        start = text.find(needle)
-        while start != -1 and len(found) < _MAX_OCCURRENCES:
-            span = (start, start + len(needle))
-            found.append(span)
-            if _boundary(text, *span):
-                bounded.append(span)
-            start = text.find(needle, start + 1)
-        return self._pick(bounded or found)
+        return self._search(self.index.text, needle, None)
+
+    def _search(self, hay: str, needle: str, index: TextIndex | None) -> tuple[int, int] | None:
+        """The first occurrence of ``needle`` in ``hay`` at word boundaries that no earlier value
+        took (else the first bounded one, else the first), as an original span; stops there."""
+        first: tuple[int, int] | None = None
+        first_bounded: tuple[int, int] | None = None
+        start = hay.find(needle)
+        seen = 0
+        while start != -1 and seen < _MAX_OCCURRENCES:
+            seen += 1
+            end = start + len(needle)
+            span = (start, end) if index is None else index.original(start, end)
+            first = first or span
+            if _boundary(hay, start, end):
+                if span not in self.used:
+                    self.used.add(span)
+                    return span
+                first_bounded = first_bounded or span
+            start = hay.find(needle, start + 1)
+        return first_bounded or first
 
     def normalized(self, needle: str) -> tuple[int, int] | None:
         norm = normalize(needle)
         if not norm:
             return None
-        hay = self.index.norm
-        found: list[tuple[int, int]] = []
-        bounded: list[tuple[int, int]] = []
-        start = hay.find(norm)
-        while start != -1 and len(found) < _MAX_OCCURRENCES:
-            span = self.index.original(start, start + len(norm))
-            found.append(span)
-            if _boundary(hay, start, start + len(norm)):
-                bounded.append(span)
-            start = hay.find(norm, start + 1)
-        return self._pick(bounded or found)
+        return self._search(self.index.norm, norm, self.index)
 
     def number(self, value: float) -> tuple[int, int] | None:
         return self._pick(self.index.numbers().get(float(value), []))
@@ -324,7 +329,11 @@ class _Aligner:
                 if a >= b:
                     continue
                 window = index.norm[spans[a][0]:spans[b - 1][1]]
-                score = difflib.SequenceMatcher(None, norm, window, autojunk=False).ratio()
+                matcher = difflib.SequenceMatcher(None, norm, window, autojunk=False)
+                bar = FUZZY_MIN_SCORE if best is None else max(FUZZY_MIN_SCORE, best[0])
+                if matcher.real_quick_ratio() < bar or matcher.quick_ratio() < bar:
+                    continue  # cheap upper bounds: this window cannot win
+                score = matcher.ratio()
                 if best is None or score > best[0]:
                     best = (score, a, b)
         if best is None or best[0] < FUZZY_MIN_SCORE:
@@ -414,7 +423,19 @@ def ground_value(value: Any, text: str | TextIndex, confidences: Mapping[str, fl
             path=path, value=_jsonable(leaf), spans=spans, status=status,  # type: ignore[arg-type]
             score=score, confidence=conf, raw_confidence=conf, needs_review=status == "not_found",
         ))
+    _mark_contested(out)
     return out
+
+
+def _mark_contested(fields: list[FieldGrounding]) -> None:
+    """Set ``contested`` on every field whose spans overlap another field's (one sweep)."""
+    spans = sorted((a, b, n) for n, f in enumerate(fields) for a, b in f.spans)
+    reach, owner = -1, -1
+    for a, b, n in spans:
+        if a < reach and owner != n:
+            fields[n].contested = fields[owner].contested = True
+        if b > reach:
+            reach, owner = b, n
 
 
 def _json_scalar(v: Any) -> str:
