@@ -306,7 +306,12 @@ class _Aligner:
         return self._search(self.index.norm, norm, self.index)
 
     def number(self, value: float) -> tuple[int, int] | None:
-        return self._pick(self.index.numbers().get(float(value), []))
+        """Where a number with this value is written, as JSON writes it first (``2024``
+        before ``2,024``)."""
+        spans = self.index.numbers().get(float(value), [])
+        written = _json_scalar(value)
+        text = self.index.text
+        return self._pick(sorted(spans, key=lambda s: text[s[0]:s[1]] != written))
 
     def fuzzy(self, needle: str) -> tuple[list[tuple[int, int]], float] | None:
         """The best window of the text's words for ``needle`` (score >= FUZZY_MIN_SCORE)."""
@@ -341,14 +346,16 @@ class _Aligner:
         score, a, b = best
         # The words of the window that match a word of the value, merged where adjacent.
         picked: list[tuple[int, int]] = []
+        last = -2
         for n in range(a, b):
             w = index.norm[spans[n][0]:spans[n][1]]
             if any(difflib.SequenceMatcher(None, w, vw).ratio() >= 0.75 for vw in vwords):
                 o = index.original(*spans[n])
-                if picked and n > a and _adjacent(index, n):
+                if last == n - 1 and _adjacent(index, n):
                     picked[-1] = (picked[-1][0], o[1])
                 else:
                     picked.append(o)
+                last = n
         if not picked:
             picked = [index.original(spans[a][0], spans[b - 1][1])]
         return picked, round(score, 4)
