@@ -247,3 +247,25 @@ def test_review_page_opens_in_chromium_and_shows_every_value(tmp_path: Path) -> 
     assert 'href="#doc-2"' in dom and "second &lt;doc&gt;" in dom
     with pytest.raises(FileNotFoundError, match="does not exist"):
         render_review(docs, tmp_path / "no" / "review.html")
+
+
+def test_cli_html_path_in_a_missing_folder_and_review_of_an_output_file(tmp_path: Path) -> None:
+    from tests.test_cli import run_cli
+
+    source = tmp_path / "address.txt"
+    source.write_text("12 Oak Road, Springfield IL 62704", encoding="utf-8")
+    missing = run_cli("run", "--schema", "schemas.address:Address", "--html", str(tmp_path / "nope" / "r.html"),
+                      str(source))
+    assert missing.returncode == 2 and missing.stdout == b""
+    assert b"does not exist" in missing.stderr and b"nope" in missing.stderr
+    rows = tmp_path / "out.jsonl"
+    rows.write_text(json.dumps({"id": "a1", "ok": True, "tier": "local", "fields": [
+        {"path": "/ZipCode", "value": "62704", "spans": [[28, 33]], "status": "exact", "confidence": 0.9}]}) + "\n",
+        encoding="utf-8")
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps({"id": "a1", "text": source.read_text(encoding="utf-8")}) + "\n", encoding="utf-8")
+    page = tmp_path / "review.html"
+    done = run_cli("review", str(rows), "--input", str(inputs), "--out", str(page))
+    assert done.returncode == 0, done.stderr
+    shown = page.read_text(encoding="utf-8")
+    assert 'data-path="/ZipCode"' in shown and ">62704<span" in shown and "path: /ZipCode" in shown
