@@ -3,6 +3,7 @@ confidences from the real local model, review marks, abstention, calibration and
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from datetime import date
@@ -106,7 +107,7 @@ def test_calibration_metrics_and_files(tmp_path: Path) -> None:
     assert expected_calibration_error(scores, labels) is not None
     cal = Calibration.fit(scores, labels, spec_digest="s", model_digest="m", prompt_version="p")
     assert cal(0.05) == 0.0 and cal(0.95) == 1.0
-    assert all(cal(a) <= cal(b) for a, b in zip(scores, scores[1:], strict=False))  # monotone
+    assert all(cal(a) <= cal(b) for a, b in itertools.pairwise(scores))  # monotone
     path = tmp_path / "cal.json"
     cal.save(path)
     assert Calibration.load(path) == cal
