@@ -8,6 +8,7 @@ import json
 import subprocess
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -34,8 +35,8 @@ class Paper(BaseModel):
     tags: dict[str, str]
 
 
-def _reads_back(text: str, field: dict[str, object] | object) -> bool:
-    f = field if isinstance(field, dict) else field.model_dump()  # type: ignore[attr-defined]
+def _reads_back(text: str, field: Any) -> bool:
+    f: dict[str, Any] = field if isinstance(field, dict) else field.model_dump()
     pieces = [text[a:b] for a, b in f["spans"]]
     if f["status"] == "exact":
         return pieces == [str(f["value"])]

@@ -8,6 +8,7 @@ the refusal learnt once per endpoint and never retried, and the extraction unhar
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -25,7 +26,7 @@ class Contact(BaseModel):
 TEXT = "Name: Dana Reyes\nEmail: dana.reyes@example.org\n"
 
 
-def _extractor(remote_settings: Callable[..., Settings], **extra: object) -> Extractor:
+def _extractor(remote_settings: Callable[..., Settings], **extra: Any) -> Extractor:
     s = remote_settings(**extra)
     return Extractor(["native"], base_url=s.base_url, timeout_s=s.timeout_s, max_retries=s.max_retries,
                      backoff_initial_s=s.backoff_initial_s, backoff_max_s=s.backoff_max_s,
