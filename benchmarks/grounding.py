@@ -111,7 +111,7 @@ def judged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 at_gold = where != -1 and spans[0][0] == where
             out.append({"id": row["id"], "status": f["status"], "right": right, "offsets_ok": offsets_ok,
                         "at_gold": at_gold, "conf": f.get("raw_confidence"), "string": isinstance(f["value"], str),
-                        "contested": bool(f.get("contested"))})
+                        "contested": bool(f.get("contested")), "path": f["path"]})
     return out
 
 
@@ -125,11 +125,11 @@ def cross_fit(values: list[dict[str, Any]]) -> list[float | None]:
         if not train:
             continue
         cal = Calibration.fit([v["conf"] for v in train], [v["right"] for v in train],
-                              contested=[v["contested"] for v in train], spec_digest="", model_digest="",
-                              prompt_version="")
+                              contested=[v["contested"] for v in train], paths=[v["path"] for v in train],
+                              spec_digest="", model_digest="", prompt_version="")
         for n, v in enumerate(values):
             if fold[v["id"]] == k and v["conf"] is not None:
-                out[n] = cal(v["conf"], v["contested"])
+                out[n] = cal(v["conf"], v["contested"], v["path"])
     return out
 
 
@@ -234,7 +234,8 @@ def main() -> None:
                     digests = {(r["spec"], r["model"]) for r in rows if r["model"]}
                     spec_digest, model_digest = sorted(digests)[0]
                     Calibration.fit([v["conf"] for v in values], [v["right"] for v in values],
-                                    contested=[v["contested"] for v in values], spec_digest=spec_digest,
+                                    contested=[v["contested"] for v in values],
+                                    paths=[v["path"] for v in values], spec_digest=spec_digest,
                                     model_digest=model_digest,
                                     prompt_version=PROMPT_VERSION,
                                     fitted_on={"data": dataset, "config": config, "records": len(rows),

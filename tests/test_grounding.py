@@ -116,6 +116,14 @@ def test_calibration_metrics_and_files(tmp_path: Path) -> None:
         Calibration.load(path).check_spec("other")
     with pytest.raises(ConfigError, match="folder"):
         cal.save(tmp_path / "missing" / "cal.json")
+    # Per field: a field whose sure-looking values are wrong gets its own (low) map.
+    paths = ["/items/0/zip"] * 20 + ["/items/1/dir"] * 20
+    by_field = Calibration.fit([0.9] * 40, [True] * 20 + [False] * 20, paths=paths, spec_digest="s",
+                               model_digest="m", prompt_version="p")
+    assert by_field(0.9, path="/items/7/zip") == 1.0 and by_field(0.9, path="/items/3/dir") == 0.0
+    assert by_field(0.9, path="/other") == 0.5
+    by_field.save(path)
+    assert Calibration.load(path) == by_field
 
 
 def test_thresholds_outside_zero_one_are_a_clear_error() -> None:

@@ -101,7 +101,7 @@ def judge(result: Result, spec: Spec, settings: Settings) -> Result:
             cal.check_model(winner.model.digest or winner.model.name, winner.prompt_version,
                             f" in {settings.calibration}")
         for f in result.fields:
-            f.confidence = None if f.raw_confidence is None else cal(f.raw_confidence, f.contested)
+            f.confidence = None if f.raw_confidence is None else cal(f.raw_confidence, f.contested, f.path)
     for f in result.fields:
         low = settings.review_below is not None and f.confidence is not None and f.confidence < settings.review_below
         f.needs_review = f.status == "not_found" or low

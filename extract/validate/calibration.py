@@ -3,7 +3,10 @@
 Why isotonic regression (pool-adjacent-violators): it assumes only that a higher raw
 probability is not less often right, which holds for token probabilities while their scale
 does not (a 135M model is sure of itself far too often). It is a step function, stored as
-its breakpoints in a small JSON file, and needs no dependency beyond numpy.
+its breakpoints in a small JSON file, and needs no dependency beyond numpy. Maps are fitted
+per field of the schema and apart for contested values (another field claims the same
+characters) where each group has enough values: on usaddress zero-shot that lifted AUROC from
+0.82 (one map for contested, one for the rest) to 0.88 (benchmarks/grounding.py).
 
 A calibration belongs to one spec (its digest), one model (the weights' digest, or the served
 model's name) and one prompt version: the same probability means something else under
@@ -17,6 +20,7 @@ them one way. Imports ``errors`` and ``types`` only.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,7 @@ __all__ = [
     "Calibration",
     "auroc",
     "expected_calibration_error",
+    "field_key",
     "fit_isotonic",
     "precision_at_coverage",
     "reliability_bins",
@@ -79,12 +84,24 @@ class Calibration:
     # same characters); empty when too few were seen to fit one.
     contested_xs: list[float] = field(default_factory=list)
     contested_ys: list[float] = field(default_factory=list)
+    # Per field of the schema (``field_key``: list indices wildcarded): its own maps, because
+    # fields differ in how often a sure-looking value is right (zero-shot on usaddress a
+    # post-directional is mostly invented, a ZIP code mostly right). Keys: "all", "clear",
+    # "contested", each [xs, ys]; only groups with at least MIN_GROUP values are kept.
+    by_field: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
 
-    def __call__(self, raw: float, contested: bool = False) -> float:
-        """The calibrated confidence of ``raw``: the step the raw probability falls on."""
+    def __call__(self, raw: float, contested: bool = False, path: str | None = None) -> float:
+        """The calibrated confidence of ``raw``: the step the raw probability falls on, in the
+        most specific map fitted (field and contested, field, contested, all)."""
         import bisect
 
-        xs, ys = (self.contested_xs, self.contested_ys) if contested and self.contested_xs else (self.xs, self.ys)
+        maps = self.by_field.get(field_key(path)) if path is not None else None
+        xs, ys = self.xs, self.ys
+        if contested and self.contested_xs:
+            xs, ys = self.contested_xs, self.contested_ys
+        if maps:
+            group = "contested" if contested else "clear"
+            xs, ys = maps.get(group) or maps.get("all") or [xs, ys]
         if not xs:
             return raw
         i = bisect.bisect_left(xs, raw)
@@ -92,10 +109,11 @@ class Calibration:
 
     @classmethod
     def fit(cls, scores: Sequence[float], labels: Sequence[bool], *, spec_digest: str, model_digest: str,
-            prompt_version: str, contested: Sequence[bool] | None = None, tier: str = "local",
-            fitted_on: dict[str, Any] | None = None) -> Calibration:
-        """Fit on raw confidences and right/wrong labels; with ``contested`` flags, contested and
-        clear values get a map each (when each group has at least ``MIN_GROUP`` values)."""
+            prompt_version: str, contested: Sequence[bool] | None = None, paths: Sequence[str] | None = None,
+            tier: str = "local", fitted_on: dict[str, Any] | None = None) -> Calibration:
+        """Fit on raw confidences and right/wrong labels. With ``contested`` flags, contested and
+        clear values get a map each; with ``paths``, each field too (every group needs at
+        least ``MIN_GROUP`` values, else the broader map serves it)."""
         flags = list(contested) if contested is not None else [False] * len(scores)
         clear = [(s, y) for s, y, c in zip(scores, labels, flags, strict=True) if not c]
         other = [(s, y) for s, y, c in zip(scores, labels, flags, strict=True) if c]
@@ -105,7 +123,22 @@ class Calibration:
         else:
             xs, ys = fit_isotonic(scores, labels)
             cxs, cys = [], []
-        return cls(spec_digest, model_digest, prompt_version, xs, ys, tier, dict(fitted_on or {}), cxs, cys)
+        by_field: dict[str, dict[str, list[list[float]]]] = {}
+        if paths is not None:
+            groups: dict[str, list[tuple[float, bool, bool]]] = {}
+            for s, y, c, p in zip(scores, labels, flags, paths, strict=True):
+                groups.setdefault(field_key(p), []).append((s, y, c))
+            for key, items in groups.items():
+                maps: dict[str, list[list[float]]] = {}
+                for name, chosen in (("all", items), ("clear", [i for i in items if not i[2]]),
+                                     ("contested", [i for i in items if i[2]])):
+                    if len(chosen) >= MIN_GROUP:
+                        fx, fy = fit_isotonic([i[0] for i in chosen], [i[1] for i in chosen])
+                        maps[name] = [fx, fy]
+                if maps:
+                    by_field[key] = maps
+        return cls(spec_digest, model_digest, prompt_version, xs, ys, tier, dict(fitted_on or {}), cxs, cys,
+                   by_field)
 
     def save(self, path: Path) -> None:
         if not path.parent.is_dir():
@@ -126,7 +159,9 @@ class Calibration:
             cal = cls(str(data["spec_digest"]), str(data["model_digest"]), str(data["prompt_version"]),
                       [float(x) for x in data["xs"]], [float(y) for y in data["ys"]], str(data.get("tier", "local")),
                       dict(data.get("fitted_on") or {}), [float(x) for x in data.get("contested_xs", [])],
-                      [float(y) for y in data.get("contested_ys", [])])
+                      [float(y) for y in data.get("contested_ys", [])],
+                      {str(k): {str(g): [[float(x) for x in m[0]], [float(y) for y in m[1]]] for g, m in v.items()}
+                       for k, v in (data.get("by_field") or {}).items()})
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"calibration file {path} is missing or has a bad field: {exc}") from None
         if len(cal.xs) != len(cal.ys) or len(cal.contested_xs) != len(cal.contested_ys):
@@ -148,6 +183,11 @@ class Calibration:
             raise ConfigError(
                 f"the calibration{where} was fitted for prompt {self.prompt_version}, this run uses "
                 f"{prompt_version}; fit it again")
+
+
+def field_key(path: str | None) -> str:
+    """A JSON pointer with list indices wildcarded: ``/authors/2/name`` -> ``/authors/*/name``."""
+    return re.sub(r"/\d+(?=/|$)", "/*", path or "")
 
 
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
