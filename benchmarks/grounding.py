@@ -40,14 +40,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.ablation import FILES, _gold, options_for, pool_for, spec_for, split  # noqa: E402
 from extract import Extractor  # noqa: E402
 from extract.report.aggregate import _matches  # noqa: E402
+from extract.report.confidence import auroc, expected_calibration_error, precision_at_coverage  # noqa: E402
 from extract.spec import compile_spec  # noqa: E402
 from extract.spec.prompt import PROMPT_VERSION  # noqa: E402
-from extract.validate.calibration import (  # noqa: E402
-    Calibration,
-    auroc,
-    expected_calibration_error,
-    precision_at_coverage,
-)
+from extract.validate.calibration import Calibration  # noqa: E402
 from extract.validate.grounding import ground_value, normalize  # noqa: E402
 
 

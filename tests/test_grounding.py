@@ -14,10 +14,11 @@ import pytest
 from pydantic import BaseModel
 
 from extract import ConfigError, Extractor, Regex
+from extract.report.confidence import auroc, expected_calibration_error, precision_at_coverage
 from extract.report.review import doc_from_result, render_review
 from extract.spec import compile_spec
 from extract.spec.prompt import PROMPT_VERSION
-from extract.validate.calibration import Calibration, auroc, expected_calibration_error, precision_at_coverage
+from extract.validate.calibration import Calibration
 from extract.validate.grounding import ground_value, json_leaf_spans, normalize, value_confidences
 from tests.test_report_html import CHROMIUM_FLAGS, PAGE_ERRORS, _chromium
 
@@ -279,3 +280,22 @@ def test_cli_html_path_in_a_missing_folder_and_review_of_an_output_file(tmp_path
     assert done.returncode == 0, done.stderr
     shown = page.read_text(encoding="utf-8")
     assert 'data-path="/ZipCode"' in shown and ">62704<span" in shown and "path: /ZipCode" in shown
+
+
+def test_compliance_report_gains_confidence_figures_and_a_reliability_plot(tmp_path: Path) -> None:
+    from extract.report import render
+
+    fields = [{"path": "/zip", "value": "62704", "confidence": 0.9},
+              {"path": "/city", "value": "Oak", "confidence": 0.3},
+              {"path": "/tags/0", "value": "b", "confidence": 0.8},
+              {"path": "/street", "value": "x", "confidence": None}]
+    rows = [{"data": "d.jsonl", "schema": "s", "policy": "local", "item": str(i), "index": 0, "of": 1, "tier": "local",
+             "error": None, "raw": "{}", "fields": fields, "item_ok": True, "item_value": {}, "usage": {},
+             "gold": {"zip": "62704", "city": "Springfield", "tags": ["a", "b"]}} for i in range(3)]
+    (tmp_path / "attempts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    summary = render(tmp_path)
+    conf = summary["runs"][0]["confidence"]["local"]
+    assert conf["values"] == 9 and conf["precision"] == pytest.approx(2 / 3)
+    assert conf["auroc"] == 1.0 and conf["precision_at_50"] == 1.0  # the wrong city is the least sure
+    assert (tmp_path / "reliability.png").is_file()
+    assert "Confidence of values" in (tmp_path / "report.md").read_text(encoding="utf-8")

@@ -12,9 +12,9 @@ A calibration belongs to one spec (its digest), one model (the weights' digest, 
 model's name) and one prompt version: the same probability means something else under
 another prompt or model, so applying it elsewhere is a ``ConfigError``, never a silent shift.
 
-The metrics that judge a confidence (AUROC right against wrong, expected calibration error,
-precision at a coverage) live here too, so the benchmark, the report and the tests compute
-them one way. Imports ``errors`` and ``types`` only.
+The metrics that judge a confidence (AUROC, expected calibration error, precision at a
+coverage) live in ``extract.report.confidence``, where the compliance report computes them.
+Imports ``errors`` only.
 """
 
 from __future__ import annotations
@@ -28,16 +28,7 @@ from typing import Any
 
 from extract.errors import ConfigError
 
-__all__ = [
-    "CALIBRATION_FORMAT",
-    "Calibration",
-    "auroc",
-    "expected_calibration_error",
-    "field_key",
-    "fit_isotonic",
-    "precision_at_coverage",
-    "reliability_bins",
-]
+__all__ = ["CALIBRATION_FORMAT", "MIN_GROUP", "Calibration", "field_key", "fit_isotonic"]
 
 CALIBRATION_FORMAT = "extract-calibration-v1"
 MIN_GROUP = 20
@@ -188,53 +179,3 @@ class Calibration:
 def field_key(path: str | None) -> str:
     """A JSON pointer with list indices wildcarded: ``/authors/2/name`` -> ``/authors/*/name``."""
     return re.sub(r"/\d+(?=/|$)", "/*", path or "")
-
-
-def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
-    """Probability that a right value scores above a wrong one (ties count half); None
-    without both classes."""
-    pos = [s for s, y in zip(scores, labels, strict=True) if y]
-    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
-    if not pos or not neg:
-        return None
-    ranked = sorted((s, i) for i, s in enumerate(scores))
-    ranks = [0.0] * len(scores)
-    i = 0
-    while i < len(ranked):
-        j = i
-        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[ranked[k][1]] = (i + j) / 2 + 1
-        i = j + 1
-    rank_sum = sum(r for r, y in zip(ranks, labels, strict=True) if y)
-    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
-
-
-def reliability_bins(scores: Sequence[float], labels: Sequence[bool], bins: int = 10) -> list[dict[str, float]]:
-    """Equal-width bins: each bin's mean confidence, share right and count (empty bins left out)."""
-    out: list[dict[str, float]] = []
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        idx = [i for i, s in enumerate(scores) if lo <= s < hi or (b == bins - 1 and s == 1.0)]
-        if idx:
-            out.append({"lo": lo, "hi": hi, "confidence": sum(scores[i] for i in idx) / len(idx),
-                        "accuracy": sum(1 for i in idx if labels[i]) / len(idx), "count": float(len(idx))})
-    return out
-
-
-def expected_calibration_error(scores: Sequence[float], labels: Sequence[bool], bins: int = 10) -> float | None:
-    """Count-weighted mean gap between confidence and accuracy over equal-width bins."""
-    if not scores:
-        return None
-    return sum(b["count"] * abs(b["confidence"] - b["accuracy"]) for b in reliability_bins(scores, labels, bins)) / len(
-        scores)
-
-
-def precision_at_coverage(scores: Sequence[float], labels: Sequence[bool], coverage: float) -> float | None:
-    """Share right among the ``coverage`` fraction of values with the highest confidence."""
-    if not scores:
-        return None
-    n = max(1, round(len(scores) * coverage))
-    top = sorted(range(len(scores)), key=lambda i: -scores[i])[:n]
-    return sum(1 for i in top if labels[i]) / n
