@@ -17,7 +17,7 @@ from extract.runtime.observability import enable_event_log
 from extract.settings import Price, Settings
 from extract.spec import Regex, Spec, compile_spec
 from extract.spec.grammar import Grammar, sql_grammar_for_sqlite
-from extract.types import Attempt, AttemptError, Chunk, ModelInfo, Result, Usage
+from extract.types import Attempt, AttemptError, Chunk, FieldGrounding, ModelInfo, Result, Usage
 from extract.validate import Checked, parse_output
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "ExtractError",
     "ExtractionFailed",
     "Extractor",
+    "FieldGrounding",
     "Grammar",
     "ModelInfo",
     "Price",

@@ -18,6 +18,7 @@ from extract.examples import ExamplePool, schema_examples, shown_examples
 from extract.runtime.cache import lookup as cache_lookup
 from extract.runtime.cache import open_store
 from extract.runtime.chunking import run_chunked
+from extract.runtime.grounding import ground, ground_merged, judge
 from extract.runtime.observability import Runtime
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec
@@ -133,7 +134,9 @@ class Extractor:
             self.examples.prepare(compiled)
         with self.runtime.extraction(compiled, clean):
             chunked = await run_chunked(self, clean, compiled, own)
-            return self.runtime.finish(chunked if chunked is not None else await self._chain(compiled, clean))
+            result = ground_merged(chunked, clean) if chunked is not None else await self._chain(compiled, clean)
+            # Calibration, review marks and abstention: after the cache, which keeps the model's own values.
+            return self.runtime.finish(judge(result, compiled, self.settings))
 
     async def _chain(self, compiled: Spec, clean: str) -> Result:
         cached = await cache_lookup(self.cache, compiled, clean, settings=self.settings, tiers=self.tiers,
@@ -170,6 +173,7 @@ class Extractor:
             if winner is not None:
                 result.value = winner.value
                 result.tier = winner.tier
+                result.fields = ground(winner, clean)  # offsets into the caller's text
                 break
         cached.save(result)
         return result

@@ -122,6 +122,27 @@ class Settings(BaseSettings):
         description="Cut text that does not fit the context (recorded on the Attempt) "
         "instead of raising ConfigError.",
     )
+    review_below: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="Mark a value for review (FieldGrounding.needs_review) when its confidence is "
+        "below this; values not found in the text are always marked.",
+    )
+    abstain_below: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="Return null for a value whose confidence is below this, where the schema allows "
+        "null (else it is only marked); what was withheld is recorded on Result.fields.",
+    )
+    remote_logprobs: bool = Field(
+        default=False,
+        description="Ask remote endpoints for token log-probabilities, for per-value confidence "
+        "(learnt once per endpoint with a one-token request; an endpoint that refuses gives None). "
+        "Off by default: llama-cpp-python's server refuses them unless started with logits_all.",
+    )
+    calibration: Path | None = Field(
+        default=None,
+        description="A calibration file (extract.validate.calibration) mapping the model's "
+        "probabilities to calibrated confidences; it must match the spec, model and prompt.",
+    )
     cache_dir: Path | None = Field(
         default=None,
         description="Where the result cache, saved prompt prefixes and converted models live; None: "

@@ -7,11 +7,11 @@ module imports nothing from the rest of the package.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Attempt", "AttemptError", "Chunk", "ModelInfo", "Result", "Usage"]
+__all__ = ["Attempt", "AttemptError", "Chunk", "FieldGrounding", "ModelInfo", "Result", "Usage"]
 
 
 class Usage(BaseModel):
@@ -77,6 +77,36 @@ class AttemptError(BaseModel):
     details: list[dict[str, Any]] = Field(default_factory=list)
 
 
+GroundingStatus = Literal["exact", "normalized", "fuzzy", "not_found"]
+
+
+class FieldGrounding(BaseModel):
+    """Where one leaf value of a result stands in the caller's text, and how sure the model was.
+
+    ``spans`` are ``(start, end)`` offsets into the exact string the caller passed (Python
+    ``str`` indices), several when the value is assembled from words that are apart.
+    ``status``: ``exact`` (the value as written), ``normalized`` (equal up to case,
+    accents, whitespace and punctuation), ``fuzzy`` (``score`` below 1) or ``not_found`` (likely
+    invented). ``confidence`` is the model's own probability for the value (calibrated when a
+    calibration is loaded; ``raw_confidence`` is the uncalibrated one), None where the tier
+    exposes no probabilities. ``withheld``: the value
+    was replaced by null because its confidence was under ``abstain_below``.
+    """
+
+    path: str
+    value: Any = None
+    spans: list[tuple[int, int]] = Field(default_factory=list)
+    status: GroundingStatus = "not_found"
+    score: float | None = None
+    confidence: float | None = None
+    raw_confidence: float | None = None
+    needs_review: bool = False
+    withheld: bool = False
+    # Another leaf of the same result claims some of the same characters: at most one of
+    # them is likely right (a calibration fits contested values apart).
+    contested: bool = False
+
+
 class Attempt(BaseModel):
     """One try by one tier: what was asked, what came back, and what it cost."""
 
@@ -94,6 +124,8 @@ class Attempt(BaseModel):
     finish_reason: str | None = None
     skipped: bool = False
     meta: dict[str, Any] = Field(default_factory=dict)
+    # The winning attempt's value, leaf by leaf, located in the input (extract.validate.grounding).
+    fields: list[FieldGrounding] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -138,6 +170,8 @@ class Result(BaseModel):
     conflicts: list[dict[str, Any]] = Field(default_factory=list)
     # Served from the result cache (extract.runtime.cache): no model was called for this Result.
     cache_hit: bool = False
+    # Every leaf of ``value`` with its spans in the caller's text and its confidence.
+    fields: list[FieldGrounding] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -169,6 +203,7 @@ class Result(BaseModel):
                            for c in self.chunks],
                 "conflicts": self.conflicts} if self.chunks else {}),
             **({"cache_hit": True} if self.cache_hit else {}),
+            **({"fields": [f.model_dump(mode="json") for f in self.fields]} if self.fields else {}),
         }
 
 

@@ -126,17 +126,33 @@ def run(
     examples: Annotated[Path | None, typer.Option(
         help="Worked examples: JSONL rows {text, value}; the most similar are shown to the model.")] = None,
     examples_k: Annotated[int | None, typer.Option(help="How many examples to show per text (default 6).")] = None,
+    html_page: Annotated[Path | None, typer.Option(
+        "--html", help="Also write a review page: the text with each value highlighted at its spans.")] = None,
+    review_below: Annotated[float | None, typer.Option(
+        help="Mark values whose confidence is below this (0..1) for review.")] = None,
 ) -> None:
     """Extract one value from a text and print it as JSON; or a whole JSONL batch, resumably."""
     with _exit_codes():
+        if html_page is not None:
+            _check_page_path(html_page)
+            if input_file is not None or output_file is not None:
+                raise ConfigError("--html is for one text; for a batch run `extract review OUTPUT --input INPUT`")
         spec = load_spec(schema, regex)
         pool = load_examples(examples) if examples is not None else None
         extractor = Extractor(tiers=tier or None, model_path=model_path, backend=backend,
-                              cache=False if no_cache else None, examples=pool, examples_k=examples_k)
+                              cache=False if no_cache else None, examples=pool, examples_k=examples_k,
+                              review_below=review_below)
         if input_file is not None or output_file is not None:
             _run_batch(source, input_file, output_file, spec, extractor, concurrency, rate_limit)
             return
-        res = extractor.run(_read_input(source), spec)
+        text = _read_input(source)
+        res = extractor.run(text, spec)
+        if html_page is not None:
+            from extract.report.review import doc_from_result, render_review
+
+            shown = text.decode("utf-8") if isinstance(text, bytes) else text
+            render_review([doc_from_result(source, shown, res)], html_page)
+            print(f"review page: {html_page}", file=sys.stderr)
     if result:
         typer.echo(json.dumps(res.to_json_dict(), ensure_ascii=False, indent=2))
     if not res.ok:
@@ -257,6 +273,41 @@ def report(folder: Annotated[Path, typer.Argument(help="A bench output folder (w
         _fail(ConfigError(f"{folder} has no attempts.jsonl"), 2)
     render(folder)
     typer.echo(str(folder / "report.html"))
+
+
+def _check_page_path(page: Path) -> None:
+    """A page path whose folder exists: said before any model runs, not after."""
+    if not page.parent.is_dir():
+        raise ConfigError(f"cannot write the review page {page}: folder {page.parent} does not exist")
+
+
+@app.command()
+def review(
+    folder: Annotated[Path, typer.Argument(help="A bench output folder (attempts.jsonl) or a batch output JSONL.")],
+    out: Annotated[Path | None, typer.Option("--out", help="The page to write (default: FOLDER/review.html).")] = None,
+    input_file: Annotated[Path | None, typer.Option(
+        "--input", help="Batch output: the input JSONL ({id, text}) the texts come from.")] = None,
+) -> None:
+    """Write one self-contained HTML page: every document's text with each value highlighted."""
+    from extract.report import load_rows
+    from extract.report.review import docs_from_rows, render_review
+
+    with _exit_codes():
+        rows_path = folder / "attempts.jsonl" if folder.is_dir() else folder
+        if not rows_path.is_file():
+            raise ConfigError(f"{folder} is neither a bench output folder (with attempts.jsonl) nor a JSONL file")
+        page = out or (folder / "review.html" if folder.is_dir() else folder.with_suffix(".review.html"))
+        _check_page_path(page)
+        texts: dict[str, str] = {}
+        if input_file is not None:
+            from extract.front.batch import read_inputs
+
+            texts = {str(i): t for i, t in read_inputs(input_file) if isinstance(t, str)}
+        docs = docs_from_rows(load_rows(rows_path), texts=texts, base=folder if folder.is_dir() else folder.parent)
+        if not docs:
+            raise ConfigError(f"{rows_path} holds no results to review")
+        render_review(docs, page, title=f"Extraction review: {folder.name}")
+    typer.echo(str(page))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -9,7 +9,7 @@ the backends do not know the registry. Imports no tier.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +102,11 @@ class Generation:
     # Where the KV cache of the prompt's shared prefix came from: "memory" (this process),
     # "disk" (the prefix store), "evaluated", or "none" (no prefix given, or not llama.cpp).
     prefix_source: str = "none"
+    # Per output token: where it ends in ``text`` (characters), and its log-probability under
+    # the allowed-token distribution when the model chose it (None: the grammar allowed only
+    # that token, so it says nothing about the model). Empty when the backend records none.
+    token_ends: list[int] = field(default_factory=list)
+    token_logprobs: list[float | None] = field(default_factory=list)
 
 
 def outlines_processor(backend: Any, grammar: Constraint) -> Any:

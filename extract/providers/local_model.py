@@ -349,6 +349,7 @@ class LlamaCppModel:
                                     endpoint="local")
             bitmask = llg_np.allocate_token_bitmask(1, self.llg_tokenizer.vocab_size)
         out: list[int] = []
+        logprobs: list[float | None] = []
         forced = 0
         finish = "length"
         n_vocab = llm.n_vocab()
@@ -364,6 +365,7 @@ class LlamaCppModel:
                     # one batched eval instead of one decode step each.
                     matcher.consume_tokens(ff)
                     out.extend(ff)
+                    logprobs.extend([None] * len(ff))
                     forced += len(ff)
                     llm.eval(ff)
                     continue
@@ -372,15 +374,26 @@ class LlamaCppModel:
             logits = np.ctypeslib.as_array(
                 llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)
             )
+            chosen_lp: float | None = None
             if matcher is not None and bitmask is not None:
                 llg_np.fill_next_token_bitmask(matcher, bitmask, 0)
                 llg_np.apply_token_bitmask_inplace(logits, bitmask[0])
+                # The model's own distribution over the allowed tokens, before the null
+                # penalty: one log-sum-exp per chosen step (~0.1 ms on 49k entries).
+                top = float(logits.max())
+                norm = top + float(np.log(np.exp(logits - top).sum()))
+                penalized: set[int] = set()
                 if null_penalty:
                     nulls, quote = self._null_tokens()
                     # Only where a value could start instead: inside a string nothing changes.
                     if quote is not None and np.isfinite(logits[quote]) and np.isfinite(logits[nulls]).any():
                         logits[nulls] -= null_penalty
+                        penalized = set(nulls)
             tok = int(logits.argmax())
+            if matcher is not None and bitmask is not None:
+                lp = float(logits[tok]) + (null_penalty if tok in penalized else 0.0) - norm
+                # A step with one allowed token is forced even when llguidance did not say so.
+                chosen_lp = None if lp > -1e-9 and np.isfinite(logits).sum() <= 1 else lp
             if tok in self._eos:
                 finish = "stop"
                 break
@@ -390,9 +403,16 @@ class LlamaCppModel:
                     raise ProviderError(f"llguidance matcher failed: {matcher.get_error()}",
                                         endpoint="local")
             out.append(tok)
+            logprobs.append(chosen_lp)
             if len(out) < max_tokens:
                 llm.eval([tok])
-        text = llm.detokenize(out).decode("utf-8", errors="replace")
+        raw = llm.detokenize(out)
+        text = raw.decode("utf-8", errors="replace")
+        ends: list[int] = []
+        pos = 0
+        for t in out:  # token i ends at the characters its bytes complete
+            pos += len(llm.detokenize([t]))
+            ends.append(len(raw[:pos].decode("utf-8", errors="ignore")))
         return Generation(
             text=text,
             input_tokens=len(prompt_tokens),
@@ -401,6 +421,8 @@ class LlamaCppModel:
             seconds=time.perf_counter() - start,
             forced_tokens=forced,
             prefix_source=prefix_source,
+            token_ends=ends if len(ends) == len(out) and (not ends or ends[-1] == len(text)) else [],
+            token_logprobs=logprobs if matcher is not None else [],
         )
 
     def _prefix_length(self, prompt_tokens: list[int], prefix: str | None) -> int:

@@ -486,6 +486,8 @@ class EndpointState:
     grammar_enforced: set[str] = field(default_factory=set)
     instructor_rejected: dict[str, str] = field(default_factory=dict)
     instructor_confirmed: set[str] = field(default_factory=set)
+    # Whether chat answers carry token log-probabilities (None: not asked yet).
+    logprobs: bool | None = None
 
 
 _STATES: dict[tuple[str, str], EndpointState] = {}
@@ -660,6 +662,26 @@ class Connection:
         return await self._reliably(
             "chat", lambda timeout: self.client.chat.completions.create(timeout=timeout, **kwargs)
         )
+
+    async def logprobs_supported(self, model: str) -> bool:
+        """Whether this endpoint returns token log-probabilities, learnt once per endpoint.
+
+        One tiny request (one output token), tried once without retries and outside the
+        breaker: llama-cpp-python's server answers ``logprobs`` with a 500 unless started with
+        ``logits_all``, and that refusal must neither be retried nor count as an outage.
+        """
+        if self.state.logprobs is None:
+            try:
+                response = await self.client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "Say 1"}], max_tokens=1,
+                    temperature=0, logprobs=True, timeout=min(self.endpoint.timeout_s, 30.0),
+                )
+                choice = response.choices[0] if response.choices else None
+                content = getattr(getattr(choice, "logprobs", None), "content", None)
+                self.state.logprobs = bool(content)
+            except Exception:  # any refusal means: do not ask this endpoint for them
+                self.state.logprobs = False
+        return self.state.logprobs
 
     async def served_model(self) -> str:
         """The model to name in requests: configured, or the first one ``/v1/models`` lists."""

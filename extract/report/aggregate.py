@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from extract.report.confidence import auroc, expected_calibration_error, precision_at_coverage, reliability_bins
 from extract.types import Attempt, Result
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "RunFigures",
     "TierFigures",
     "aggregate",
+    "confidence_figures",
     "failure_cause",
     "field_counts",
     "leaves",
@@ -110,6 +112,46 @@ def field_counts(predicted: Any, gold: Any) -> tuple[int, int, int]:
             fp += 1
     fn = len(want) - tp
     return tp, fp, fn
+
+
+def _gold_for(path: str, gold: Any) -> Any:
+    """The gold value at a JSON pointer (``leaves`` naming: ``a.b``, ``a[0].b``); a list of
+    scalars is one leaf, so an item of it is matched against the whole list (alternatives)."""
+    want = leaves(gold) if isinstance(gold, Mapping) else {}
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:]]
+    dotted = ""
+    for part in parts:
+        dotted = f"{dotted}[{part}]" if part.isdigit() else (f"{dotted}.{part}" if dotted else part)
+        if dotted in want:
+            return want[dotted]
+    return None
+
+
+def confidence_figures(outcomes: Iterable[ItemOutcome]) -> dict[str, dict[str, Any]]:
+    """Per winning tier: how well the values' confidences tell right from wrong against gold
+    (AUROC, ECE, precision over the surest 90/70/50%, reliability bins). Only items with gold
+    and values with a confidence count; empty when there are none."""
+    by_tier: dict[str, tuple[list[float], list[bool]]] = {}
+    for o in outcomes:
+        gold = o.last.get("gold")
+        winner = o.winner()
+        if gold is None or winner is None:
+            continue
+        for f in winner.get("fields") or []:
+            conf = f.get("confidence")
+            if conf is None:
+                continue
+            want = _gold_for(str(f.get("path", "")), gold)
+            scores, labels = by_tier.setdefault(str(winner.get("tier")), ([], []))
+            scores.append(float(conf))
+            labels.append(want is not None and _matches(f.get("value"), want))
+    return {
+        tier: {"values": len(s), "precision": sum(y) / len(y), "auroc": auroc(s, y),
+               "ece": expected_calibration_error(s, y),
+               **{f"precision_at_{c}": precision_at_coverage(s, y, c / 100) for c in (90, 70, 50)},
+               "reliability": reliability_bins(s, y)}
+        for tier, (s, y) in by_tier.items()
+    }
 
 
 def failure_cause(error_type: str, details: Sequence[Mapping[str, Any]] = ()) -> str:
@@ -346,6 +388,7 @@ class RunFigures:
             "latency_p95_s": percentile(latencies, 95),
             "failures": dict(sorted(failures.items())),
             "tiers": [t.to_json() for t in self.tiers.values()],
+            **({"confidence": conf} if (conf := confidence_figures(ran)) else {}),
         }
 
 

@@ -28,7 +28,20 @@ PLOTS = {
     "compliance.png": "Schema-valid as generated and after repair, per data set and policy",
     "cost.png": "Cost vs compliance: tokens per valid result against valid after repair",
     "latency.png": "Latency per item (seconds), per data set and policy",
+    "reliability.png": "Reliability of the values' confidence: share right per confidence bin",
 }
+CONFIDENCE_HEADER = ["data", "schema", "policy", "winning tier", "values", "precision", "AUROC", "ECE",
+                     "precision @90%", "@70%", "@50%"]
+
+
+def _confidence_rows(runs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    rows = []
+    for r in runs:
+        for tier, c in (r.get("confidence") or {}).items():
+            rows.append([str(r["data"]), str(r["schema"]), str(r["policy"]), tier, str(c["values"]),
+                         _num(c["precision"], 2), _num(c["auroc"], 3), _num(c["ece"], 3),
+                         _num(c["precision_at_90"], 2), _num(c["precision_at_70"], 2), _num(c["precision_at_50"], 2)])
+    return rows
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
@@ -192,6 +205,23 @@ def _plots(runs: Sequence[Mapping[str, Any]], figures: Sequence[RunFigures], out
     ax.set_title("Latency distribution")
     fig.savefig(out / "latency.png", dpi=100)
     written.append("latency.png")
+
+    curves = [(f"{_label(r)} · {tier}", c["reliability"])
+              for r in runs for tier, c in (r.get("confidence") or {}).items()]
+    if curves:
+        fig = Figure(figsize=(6, 6), layout="constrained")
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], color="#999", linestyle="--", label="perfectly calibrated")
+        for name, bins in curves:
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=name)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (bin mean)")
+        ax.set_ylabel("share of values right")
+        ax.set_title("Reliability of value confidence")
+        ax.legend(loc="upper left", fontsize=7)
+        fig.savefig(out / "reliability.png", dpi=100)
+        written.append("reliability.png")
     return written
 
 
@@ -236,6 +266,10 @@ def render(out: Path, *, command: str | None = None) -> dict[str, Any]:
                _md_table(corpus_header, corpus_rows), "",
                f"Reference columns: {JSONSCHEMABENCH['source']}. Their figures, on their models.", "",
                _md_table(ref_header, ref_rows), ""]
+    confidence_rows = _confidence_rows(runs)
+    if confidence_rows:
+        md += ["## Confidence of values (right vs wrong against gold)", "",
+               _md_table(CONFIDENCE_HEADER, confidence_rows), ""]
     md += ["## Plots", ""] + [f"![{PLOTS[p]}]({p})" for p in plots] + [""]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
 
@@ -260,7 +294,10 @@ def render(out: Path, *, command: str | None = None) -> dict[str, Any]:
         + f'<p class="note">{html.escape(definitions.replace("*", ""))}</p>'
         + "<h2>Per data set and policy</h2>" + _html_table(RUN_HEADER, run_rows)
         + "<h2>Per tier</h2>" + _html_table(TIER_HEADER, tier_rows)
-        + corpus_html + "<h2>Plots</h2>" + imgs + "</body></html>"
+        + corpus_html
+        + ("<h2>Confidence of values (right vs wrong against gold)</h2>"
+           + _html_table(CONFIDENCE_HEADER, confidence_rows) if confidence_rows else "")
+        + "<h2>Plots</h2>" + imgs + "</body></html>"
     )
     (out / "report.html").write_text(page, encoding="utf-8")
     return summary

@@ -53,6 +53,8 @@ NEUTRAL_SETTINGS = frozenset({
     "breaker_threshold", "breaker_cooldown_s", "deadline_s", "n_threads", "endpoints", "base_url", "model",
     "cache", "cache_dir", "cache_url", "cache_size_limit", "prices", "budget_tokens", "budget_usd",
     "tiers",
+    # Applied to a Result after the cache (extract.pipeline): the stored Result is the model's own.
+    "review_below", "abstain_below", "calibration",
 })
 
 
@@ -204,6 +206,7 @@ def _hit(data: dict[str, Any], spec: Spec, key: str, started: float, where: str)
         repaired=winner.repaired if winner else False,
         repairs=list(winner.repairs) if winner else [],
         latency_s=time.perf_counter() - started,
+        fields=list(stored.fields),
         meta={"cache": "hit", "key": key[:16], "store": where, "tier": stored.tier,
               "saved_usage": stored.usage.model_dump(), "attempts": len(stored.attempts)},
     )

@@ -27,6 +27,7 @@ from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
 from extract.tiers.base import MIN_OUTPUT_TOKENS, Spend, Task, output_token_limit
 from extract.types import Attempt, Usage
 from extract.validate import check
+from extract.validate.grounding import token_confidences
 
 __all__ = ["LocalTier"]
 
@@ -201,6 +202,7 @@ class LocalTier:
         truncated = gen.finish_reason == "length"
         checked = check(gen.text, spec, truncated=truncated)
         error = checked.error
+        confidence = token_confidences(gen.text, gen.token_ends, gen.token_logprobs, spec.is_json)
         return [
             Attempt(
                 tier=self.name,
@@ -225,6 +227,7 @@ class LocalTier:
                     **({"checked_after": sorted({f for f, _ in relaxed})} if relaxed else {}),
                     **({"all_keys": True, "null_penalty": penalty} if all_keys else {}),
                     "input_chars": len(text),
+                    **({"confidence": confidence} if confidence and error is None and not checked.repaired else {}),
                     **({"original_chars": len(task.text)} if cut else {}),
                 },
             )

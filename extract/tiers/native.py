@@ -47,7 +47,7 @@ from extract.spec import Spec, local_constraint
 from extract.spec.gbnf import grammar_to_gbnf, object_gbnf, regex_to_gbnf
 from extract.spec.prompt import PROMPT_VERSION, build_messages
 from extract.tiers.base import Spend, Task
-from extract.tiers.remote import EndpointTier, closed_schema, schema_name, usage_of
+from extract.tiers.remote import EndpointTier, closed_schema, response_confidences, schema_name, usage_of
 from extract.types import Attempt, AttemptError, ModelInfo, Usage
 from extract.validate import Checked, check
 
@@ -111,6 +111,7 @@ class NativeTier(EndpointTier):
         async with Connection(endpoint, task.deadline) as conn:
             try:
                 model_name = await conn.served_model()
+                logprobs = self.settings.remote_logprobs and await conn.logprobs_supported(model_name)
                 call_started = time.perf_counter()
                 response = None
                 if schema is not None and "grammar_field" in spec.features:
@@ -127,6 +128,7 @@ class NativeTier(EndpointTier):
                             max_tokens=budget,
                             temperature=0,
                             **({"response_format": fmt} if fmt is not None else {}),
+                            **({"logprobs": True} if logprobs else {}),
                         )
                     except ProviderError as exc:
                         # A refusal of a mode this endpoint has already answered in is a
@@ -145,8 +147,10 @@ class NativeTier(EndpointTier):
         raw = choice.message.content
         finish = choice.finish_reason
         checked = self.checked(raw, task, finish)
+        confidence = response_confidences(choice, raw, spec.is_json) if logprobs and not checked.repaired else {}
         answered = self._answered(task, response, model_name, checked, latency, {
             **meta,
+            **({"confidence": confidence} if confidence else {}),
             "http_tries": conn.http_tries,
             **({"transport_errors": conn.transport_errors} if conn.transport_errors else {}),
             **({"rejected_modes": rejected} if rejected else {}),

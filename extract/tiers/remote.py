@@ -22,8 +22,9 @@ from extract.spec.span_order import span_violations
 from extract.tiers.base import Spend, Task, output_token_limit, split_tier_name
 from extract.types import Attempt, ModelInfo, Usage
 from extract.validate import Checked, check
+from extract.validate.grounding import token_confidences
 
-__all__ = ["EndpointTier", "closed_schema", "schema_name", "usage_of"]
+__all__ = ["EndpointTier", "closed_schema", "response_confidences", "schema_name", "usage_of"]
 
 # A remote answer is never allowed more than this many tokens unless max_tokens says so:
 # a bounded schema on a long input can allow thousands, and a runaway small model uses them.
@@ -64,6 +65,29 @@ def usage_of(response: Any) -> Usage:
     completion = int(getattr(usage, "completion_tokens", 0) or 0)
     total = int(getattr(usage, "total_tokens", 0) or (prompt + completion))
     return Usage(input_tokens=prompt, output_tokens=completion, total_tokens=total)
+
+
+def response_confidences(choice: Any, raw: str | None, is_json: bool) -> dict[str, float | None]:
+    """Per-value confidences from a chat choice's token log-probabilities; empty without them.
+
+    A server reports every output token, grammar-forced or not (it does not say which), so
+    all count; the tokens must spell ``raw`` exactly or nothing is claimed.
+    """
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content or raw is None:
+        return {}
+    data = raw.encode("utf-8")
+    ends: list[int] = []
+    logprobs: list[float | None] = []
+    pos = 0
+    for tok in content:
+        piece = bytes(tok.bytes) if getattr(tok, "bytes", None) else str(tok.token).encode("utf-8")
+        pos += len(piece)
+        ends.append(len(data[:pos].decode("utf-8", errors="ignore")))
+        logprobs.append(float(tok.logprob))
+    if pos != len(data):
+        return {}
+    return token_confidences(raw, ends, logprobs, is_json)
 
 
 class EndpointTier:
