@@ -169,20 +169,34 @@ def _distinct_values(value: Any) -> int:
     return len(leaves)
 
 
-def locate(value: Any, text: str, start: int, end: int, floor: int) -> tuple[int, int] | None:
-    """The span of ``text[start:end]`` an item was read from: first to last of its string
-    values found there, each taken at its first place at or after ``floor`` (else anywhere
-    in the window); None when no value is found (a value the model did not copy)."""
-    lo, hi = None, None
-    for s in _strings(value):
-        at = text.find(s, max(floor, start), end)
-        if at == -1:
-            at = text.find(s, start, end)
-        if at == -1:
-            continue
-        lo = at if lo is None else min(lo, at)
-        hi = at + len(s) if hi is None else max(hi, at + len(s))
-    return None if lo is None or hi is None else (lo, hi)
+def _free(at: int, n: int, claimed: list[tuple[int, int]]) -> bool:
+    return not any(at < e and s < at + n for s, e in claimed)
+
+
+def locate(value: Any, text: str, start: int, end: int, floor: int,
+           claimed: list[tuple[int, int]] | None = None) -> tuple[tuple[int, int] | None, list[tuple[int, int]]]:
+    """Where in ``text[start:end]`` an item was read: (its span, the places of its values).
+
+    Each distinct string value is taken at its first place at or after ``floor`` that no
+    other item of the same answer holds (``claimed``), else at its first free place in the
+    window; a value with no free place is not located. The span runs from the first to the
+    last located value; None when no value is located (a value the model did not copy).
+    """
+    claimed = claimed or []
+    places: list[tuple[int, int]] = []
+    for s in dict.fromkeys(_strings(value)):
+        at = -1
+        for lo in (max(floor, start), start):
+            at = text.find(s, lo, end)
+            while at != -1 and not _free(at, len(s), claimed):
+                at = text.find(s, at + 1, end)
+            if at != -1:
+                break
+        if at != -1:
+            places.append((at, at + len(s)))
+    if not places:
+        return None, []
+    return (min(p[0] for p in places), max(p[1] for p in places)), places
 
 
 @dataclass
@@ -245,7 +259,22 @@ class ItemRun:
         self.item_spec, self.list_spec = item_list_spec(self.item, self.max_items)
         assert self.item_spec.schema is not None
         self.need_fields = min(self.min_fields, len(self.item_spec.schema["properties"]))
-        self._read: set[str] = set()  # window texts already read (a rereading repeats itself)
+        self._read: set[tuple[int, str]] = set()  # (start, text) read (a rereading repeats itself)
+
+    def _bound(self, piece: str) -> int:
+        """The most items one answer on ``piece`` may hold: a few per line. A small model that
+        repeats an item runs to the bound, so a tight bound is time saved; an answer that
+        reaches it is read on from its last item, so a tight bound loses nothing."""
+        if self.split == "lines":
+            return LINE_MAX_ITEMS
+        lines = sum(1 for line in piece.splitlines() if line.strip())
+        return min(CHUNK_MAX_ITEMS, max(4, LINE_MAX_ITEMS * lines))
+
+    def _spec_for(self, piece: str) -> Spec:
+        bound = self._bound(piece)
+        if bound == self.max_items:
+            return self.list_spec
+        return item_list_spec(self.item, bound)[1]
 
     # -- windows -------------------------------------------------------------------------
     async def _windows(self, text: str) -> list[tuple[int, int]]:
@@ -259,7 +288,13 @@ class ItemRun:
                     e -= 1
                 if e > s:
                     out.append((s, e))
-            return out
+            # A line longer than the context is read in overlapping token chunks like a text.
+            windows: list[tuple[int, int]] = []
+            for s, e in out:
+                sub = await asyncio.to_thread(plan_chunks, text[s:e], self.list_spec, self.chain.settings,
+                                              self.chain.tiers)
+                windows += [(s + a, s + b) for a, b in sub] if sub is not None else [(s, e)]
+            return windows
         spans = await asyncio.to_thread(plan_chunks, text, self.list_spec, self.chain.settings,
                                         self.chain.tiers)
         return spans if spans is not None else [(0, len(text))]
@@ -271,11 +306,11 @@ class ItemRun:
         cursor, continuation = ws, 0
         while cursor < we and text[cursor:we].strip():
             piece = text[cursor:we]
-            if piece in self._read:
+            if (cursor, piece) in self._read:  # an earlier pass read this very text here
                 self.skipped_windows += 1
                 break
-            self._read.add(piece)
-            res = await self.chain.arun(piece, self.list_spec)
+            self._read.add((cursor, piece))
+            res = await self.chain.arun(piece, self._spec_for(piece))
             for a in res.attempts:
                 a.meta.update({"window": index, "window_start": cursor, "window_end": we,
                                "continuation": continuation, "pass": pass_})
@@ -297,19 +332,27 @@ class ItemRun:
                 break
             step: list[Found] = []
             floor = cursor
+            claimed: list[tuple[int, int]] = []  # places of the text this answer's items hold
             for raw_item in raws:
                 checked = check(json.dumps(raw_item, ensure_ascii=False), self.item_spec)
-                span = locate(raw_item, text, cursor, we, floor)
+                span, places = locate(raw_item, text, cursor, we, floor, claimed)
                 located = span is not None
                 s, e = span if span is not None else (cursor, we)
+                # Values the text holds only once count once: an item made of places another
+                # item already holds is a repetition (a small model's loop), not an item.
+                fresh = len(places) + _distinct_values(raw_item) - len(set(_strings(raw_item)))
+                if not located and not places:
+                    fresh = _distinct_values(raw_item)  # nothing copied: the places say nothing
                 if checked.error is not None:
                     f = Found(s, e, "failed", window=index, pass_=pass_, located=located, error=checked.error)
-                elif _distinct_values(raw_item) < self.need_fields:
+                elif fresh < self.need_fields:
                     f = Found(s, e, "rejected", checked.value, index, pass_, located=located, error=AttemptError(
                         type="too_few_fields",
-                        message=f"fewer than {self.need_fields} distinct values: read as no item"))
+                        message=f"fewer than {self.need_fields} distinct values at places no other item "
+                        "holds: read as no item (a heading, a salutation, a repetition)"))
                 else:
                     f = Found(s, e, "ok", checked.value, index, pass_, located=located)
+                    claimed += places
                 f.whole = (s > ws or ws == 0) and (e < we or we == len(text))
                 if located:
                     floor = max(floor, s + 1)
@@ -317,7 +360,7 @@ class ItemRun:
                     step.append(f)
             found.extend(step)
             complete = [f for f in step if f.located]
-            if not (cut or len(step) >= self.max_items):
+            if not (cut or sum(f.status == "ok" for f in step) >= self._bound(piece)):
                 break
             if not complete:
                 found.append(Found(cursor, we, "failed", window=index, pass_=pass_, error=AttemptError(
@@ -325,6 +368,13 @@ class ItemRun:
                     "raise max_tokens")))
                 break
             nxt = max(f.end for f in complete)
+            # The item's span runs from its first to its last value; what is left of its line
+            # when that is shorter than the item is its tail (" in London."), not a new item,
+            # and a reading that starts inside it sends a small model astray.
+            eol = text.find("\n", nxt, we)
+            tail = max(complete, key=lambda f: f.end)
+            if eol != -1 and eol - nxt < tail.end - tail.start:
+                nxt = eol + 1
             if nxt <= cursor:
                 break
             cursor, continuation = nxt, continuation + 1
