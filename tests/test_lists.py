@@ -94,7 +94,7 @@ def test_a_text_longer_than_the_context_yields_every_item_once_in_order() -> Non
 
 
 def test_an_item_across_a_chunk_boundary_is_found_once() -> None:
-    names = NAMES + ["Claude Shannon", "Edsger Dijkstra", "Donald Knuth", "Frances Allen",
+    names = [*NAMES, "Claude Shannon", "Edsger Dijkstra", "Donald Knuth", "Frances Allen",
                      "Tim Berners-Lee", "Margaret Hamilton"]
     text = _speakers(names)
     ex = Extractor(tiers=["local"], n_ctx=256)
@@ -146,3 +146,18 @@ def test_the_iterator_yields_the_first_item_before_the_last_is_decoded() -> None
 
 def test_a_document_without_items_is_an_empty_list() -> None:
     assert extract_all("Thank you for your letter.\nKind regards", Born, tiers=["local"]) == []
+
+
+def test_a_second_pass_reads_only_what_the_first_left() -> None:
+    text = ("Ada Lovelace was born in 1815, and Alan Turing in 1912, in London.\n"
+            "Grace Hopper was born in 1906, Emmy Noether in 1882, both abroad.\n")
+    result = Extractor(tiers=["local"]).run_all(text, Born, passes=2)
+    first = [(e["start"], e["end"]) for e in result.items if e["status"] == "ok" and e["pass"] == 1]
+    second = [a for a in result.attempts if a.meta["pass"] == 2]
+    assert first and second
+    for a in second:  # a second reading never sees an item the first one found
+        window = (a.meta["window_start"], a.meta["window_end"])
+        assert not any(s >= window[0] and e <= window[1] for s, e in first), window
+    spans = _ok_spans(result)
+    assert len(spans) == len(result.value) and spans == sorted(spans)
+    assert len(set(spans)) == len(spans)

@@ -384,7 +384,8 @@ class ItemRun:
         """Add ``f`` unless an item with its span is kept; the copy a window holds whole wins.
         Returns the item it replaced or ``f`` itself when kept, None when ``f`` was a duplicate."""
         if f.status != "ok":
-            if not any(_overlaps(f, g) for g in self.kept):
+            if not any(_overlaps(f, g) for g in self.kept) and not any(
+                    (f.start, f.end, f.status) == (g.start, g.end, g.status) for g in self.dropped):
                 self.dropped.append(f)
             return None
         for i, g in enumerate(self.kept):
