@@ -135,7 +135,8 @@ class Extractor:
         if self.examples is not None:
             self.examples.prepare(compiled)
         with self.runtime.extraction(compiled, clean):
-            chunked = await run_chunked(self, clean, compiled, own)
+            largest = self.examples.largest(compiled) if self.examples is not None else []
+            chunked = await run_chunked(self, clean, compiled, [*own, *largest])
             return self.runtime.finish(chunked if chunked is not None else await self._chain(compiled, clean))
 
     async def _chain(self, compiled: Spec, clean: str) -> Result:
