@@ -6,6 +6,7 @@ answers on short texts, so each test runs in seconds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from extract import ConfigError, Extractor, Regex, extract_all, extract_iter
+from extract import ConfigError, Extractor, Regex, aextract_all, aextract_iter, extract_all, extract_iter
 from extract.runtime.chunking import plan_chunks
 from extract.runtime.lists import item_list_spec, partial_items
 
@@ -198,3 +199,23 @@ def test_cli_prints_a_line_per_item_and_a_batch_row_per_document(tmp_path: Path)
     assert got["b"]["ok"] and got["b"]["value"] == []
     again = _cli(*args)  # resumable: both documents are done
     assert again.returncode == 0 and json.loads(again.stdout)["already_done"] == 2
+
+
+def test_the_native_tier_reads_lists_from_the_server(llama_server: Any) -> None:
+    text = "Grace Hopper was born in 1906 in New York.\nAlan Turing was born in 1912 in London.\n"
+    ex = Extractor(tiers=["native"], base_url=llama_server.base_url)
+    result = ex.run_all(text, Born)
+    assert result.ok and {a.tier for a in result.attempts} == {"native"}
+    assert [(v.name, v.year) for v in result.value] == [("Grace Hopper", "1906"), ("Alan Turing", "1912")]
+    assert _ok_spans(result) == [(0, text.index("1906") + 4), (text.index("Alan"), text.index("1912") + 4)]
+
+
+def test_the_async_forms() -> None:
+    async def go() -> tuple[list[Any], list[Any]]:
+        text = "Grace Hopper was born in 1906 in New York.\nKind regards"
+        every = await aextract_all(text, Born, tiers=["local"])
+        streamed = [v async for v in aextract_iter(text, Born, tiers=["local"])]
+        return every, streamed
+
+    every, streamed = asyncio.run(go())
+    assert [(v.name, v.year) for v in every] == [("Grace Hopper", "1906")] == [(v.name, v.year) for v in streamed]
