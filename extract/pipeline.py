@@ -233,8 +233,15 @@ async def aextract_all(text: str | bytes, item: Any, **options: Any) -> list[Any
     span of the text could not be read; a text without items is an empty list."""
     lists, rest = _split_options(dict(options))
     result = await Extractor(**rest).arun_all(text, item, **lists)
-    if not result.ok or failed_spans(result):
+    failed = failed_spans(result)
+    if not result.ok and not failed:
         raise ExtractionFailed(result)
+    if failed:
+        exc = ExtractionFailed(result)
+        where = ", ".join(f"[{e['start']}:{e['end']}] {e.get('error', {}).get('type', '?')}" for e in failed[:5])
+        exc.args = (f"{len(failed)} span(s) of the text could not be read ({where}); "
+                    f"{len(result.value)} item(s) were: see the exception's result",)
+        raise exc
     return list(result.value)
 
 

@@ -18,7 +18,16 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from extract import ConfigError, Extractor, Regex, aextract_all, aextract_iter, extract_all, extract_iter
+from extract import (
+    ConfigError,
+    ExtractionFailed,
+    Extractor,
+    Regex,
+    aextract_all,
+    aextract_iter,
+    extract_all,
+    extract_iter,
+)
 from extract.runtime.chunking import plan_chunks
 from extract.runtime.lists import item_list_spec, partial_items
 
@@ -219,3 +228,12 @@ def test_the_async_forms() -> None:
 
     every, streamed = asyncio.run(go())
     assert [(v.name, v.year) for v in every] == [("Grace Hopper", "1906")] == [(v.name, v.year) for v in streamed]
+
+
+def test_a_span_that_cannot_be_read_is_named_not_dropped() -> None:
+    text = "Grace Hopper was born in 1906 in New York.\nAlan Turing was born in 1912 in London.\n"
+    with pytest.raises(ExtractionFailed, match=r"2 span\(s\) of the text could not be read") as info:
+        extract_all(text, Born, tiers=["local"], max_tokens=8)  # no item can be complete in 8 tokens
+    failed = [e for e in info.value.result.items if e["status"] == "failed"]
+    assert [(e["start"], e["end"], e["error"]["type"]) for e in failed] == [
+        (0, text.index("\n"), "truncated"), (text.index("Alan"), len(text) - 1, "truncated")]

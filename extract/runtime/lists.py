@@ -224,6 +224,8 @@ class Found:
 
 
 def _overlaps(a: Found, b: Found) -> bool:
+    if not (a.located and b.located):  # a window-wide span says nothing: the same value twice is one
+        return (a.start, a.end) == (b.start, b.end) and _json_of(a.value) == _json_of(b.value)
     inter = min(a.end, b.end) - max(a.start, b.start)
     shorter = max(1, min(a.end - a.start, b.end - b.start))
     return inter > shorter / 2 or (a.start, a.end) == (b.start, b.end)
