@@ -343,7 +343,7 @@ class ItemRun:
                 # Values the text holds only once count once: an item made of places another
                 # item already holds is a repetition (a small model's loop), not an item.
                 fresh = len(places) + _distinct_values(raw_item) - len(set(_strings(raw_item)))
-                if not located and not places:
+                if not any(text.find(v, cursor, we) != -1 for v in _strings(raw_item)):
                     fresh = _distinct_values(raw_item)  # nothing copied: the places say nothing
                 if checked.error is not None:
                     f = Found(s, e, "failed", window=index, pass_=pass_, located=located, error=checked.error)
