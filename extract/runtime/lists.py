@@ -20,7 +20,8 @@ kept (the raw array is parsed item by item) and the window is read again from th
 the last complete item's span, each continuation its own call with its own Attempts.
 
 Items are located by their string values (span-copy makes them substrings of the text): an
-item's span runs from its first to its last located value. Two items are the same when
+item's span runs from its first to its last located value (in lines mode a line read whole
+as one item spans the line). Two items are the same when
 their spans overlap by more than half of the shorter one, so an item seen twice in a chunk
 overlap is kept once (the copy from the window that holds it whole) while two identical
 references at different places stay two items. An item with fewer than ``min_fields``
@@ -360,6 +361,13 @@ class ItemRun:
                     floor = max(floor, s + 1)
                 if not any(_overlaps(f, g) for g in step if g.status == f.status):
                     step.append(f)
+            oks = [f for f in step if f.status == "ok"]
+            if self.split == "lines" and not cut and len(oks) == 1 and continuation == 0:
+                # A line read whole as one item is that item's text: its span is the line, not
+                # just first to last value (a reference's author the model left out is still
+                # part of it), so a second pass does not read the rest of it as a new item.
+                oks[0].start, oks[0].end = ws, we
+                step = [f for f in step if f is oks[0] or not _overlaps(f, oks[0])]
             found.extend(step)
             complete = [f for f in step if f.located]
             if not (cut or sum(f.status == "ok" for f in step) >= self._bound(piece)):
