@@ -12,7 +12,7 @@ from extract.errors import (
 )
 from extract.front.authoring import CheckReport, check_spec
 from extract.front.batch import aextract_many, extract_many
-from extract.pipeline import Extractor, aextract, extract
+from extract.pipeline import Extractor, aextract, aextract_all, aextract_iter, extract, extract_all, extract_iter
 from extract.runtime.observability import enable_event_log
 from extract.settings import Price, Settings
 from extract.spec import Regex, Spec, compile_spec
@@ -42,11 +42,15 @@ __all__ = [
     "UnsupportedSchema",
     "Usage",
     "aextract",
+    "aextract_all",
+    "aextract_iter",
     "aextract_many",
     "check_spec",
     "compile_spec",
     "enable_event_log",
     "extract",
+    "extract_all",
+    "extract_iter",
     "extract_many",
     "parse_output",
     "sql_grammar_for_sqlite",

@@ -203,6 +203,19 @@ class ExamplePool:
         self._prepared[spec.digest] = (out, [_features(e.text, self.measure) for e in out])
         return out
 
+    def largest(self, spec: Spec) -> list[Example]:
+        """The largest choice ``choose`` can make (the ``k`` longest that fit the budget): what
+        a chunk plan counts, since the choice depends on the chunk."""
+        chosen: list[Example] = []
+        used = 0
+        for ex in sorted(self.prepare(spec), key=lambda e: (-e.size, e.index)):
+            if len(chosen) == self.k:
+                break
+            if used + ex.size <= self.budget:
+                chosen.append(ex)
+                used += ex.size
+        return chosen
+
     def choose(self, text: str, spec: Spec) -> list[Example]:
         """The examples to show for ``text``, in prompt order."""
         pool = self.prepare(spec)

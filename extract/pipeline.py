@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
+import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
 from extract.errors import ConfigError, ExtractionFailed, ProviderError, UnsupportedSchema
@@ -19,13 +21,14 @@ from extract.runtime.cache import lookup as cache_lookup
 from extract.runtime.cache import open_store
 from extract.runtime.chunking import run_chunked
 from extract.runtime.grounding import ground, ground_merged, judge
+from extract.runtime.lists import ItemRun, Split, failed_spans
 from extract.runtime.observability import Runtime
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec
 from extract.tiers import Task, Tier, make_tier
 from extract.types import Attempt, AttemptError, Result
 
-__all__ = ["Extractor", "aextract", "extract"]
+__all__ = ["Extractor", "aextract", "aextract_all", "aextract_iter", "extract", "extract_all", "extract_iter"]
 
 T = TypeVar("T")
 
@@ -133,7 +136,8 @@ class Extractor:
         if self.examples is not None:
             self.examples.prepare(compiled)
         with self.runtime.extraction(compiled, clean):
-            chunked = await run_chunked(self, clean, compiled, own)
+            largest = self.examples.largest(compiled) if self.examples is not None else []
+            chunked = await run_chunked(self, clean, compiled, [*own, *largest])
             result = ground_merged(chunked, clean) if chunked is not None else await self._chain(compiled, clean)
             # Calibration, review marks and abstention: after the cache, which keeps the model's own values.
             return self.runtime.finish(judge(result, compiled, self.settings))
@@ -182,6 +186,29 @@ class Extractor:
         """Sync wrapper of ``arun``."""
         return run_sync(self.arun(text, spec))
 
+    def item_run(self, text: str | bytes, item: Any, *, passes: int = 1, split: Split = "lines",
+                 min_fields: int = 2) -> ItemRun:
+        """A list extraction of every ``item`` in ``text`` (``extract.runtime.lists``), not started."""
+        if self.examples is not None:
+            raise ConfigError("an examples pool holds answers for one extraction, not for a list: "
+                              "run lists with an Extractor without examples=")
+        clean = clean_text(text, self.settings.max_input_chars)
+        return ItemRun(self, clean, item, passes=passes, split=split, min_fields=min_fields)
+
+    async def arun_all(self, text: str | bytes, item: Any, *, passes: int = 1, split: Split = "lines",
+                       min_fields: int = 2) -> Result:
+        """Every ``item`` in ``text``: ``value`` the list in document order, ``items`` each one's span
+        (and every span that failed or was read as no item); never raises for bad model output."""
+        run = self.item_run(text, item, passes=passes, split=split, min_fields=min_fields)
+        async for _ in run.stream():
+            pass
+        return run.result()
+
+    def run_all(self, text: str | bytes, item: Any, *, passes: int = 1, split: Split = "lines",
+                min_fields: int = 2) -> Result:
+        """Sync wrapper of ``arun_all``."""
+        return run_sync(self.arun_all(text, item, passes=passes, split=split, min_fields=min_fields))
+
 
 async def aextract(text: str | bytes, spec: Any, **options: Any) -> Any:
     """The validated value for ``spec`` from ``text``, or ``ExtractionFailed`` with the Result."""
@@ -194,3 +221,86 @@ async def aextract(text: str | bytes, spec: Any, **options: Any) -> Any:
 def extract(text: str | bytes, spec: Any, **options: Any) -> Any:
     """Sync ``aextract``: options are ``Extractor`` arguments (``tiers=``, ``examples=``, settings fields)."""
     return run_sync(aextract(text, spec, **options))
+
+
+_LIST_OPTIONS = ("passes", "split", "min_fields")
+
+
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    lists = {k: options.pop(k) for k in _LIST_OPTIONS if k in options}
+    return lists, options
+
+
+async def aextract_all(text: str | bytes, item: Any, **options: Any) -> list[Any]:
+    """Every ``item`` in ``text``, in document order (``passes``, ``split``, ``min_fields``, and any
+    ``Extractor`` argument). ``ExtractionFailed`` (with the Result, found items included) when a
+    span of the text could not be read; a text without items is an empty list."""
+    lists, rest = _split_options(dict(options))
+    result = await Extractor(**rest).arun_all(text, item, **lists)
+    failed = failed_spans(result)
+    if not result.ok and not failed:
+        raise ExtractionFailed(result)
+    if failed:
+        exc = ExtractionFailed(result)
+        where = ", ".join(f"[{e['start']}:{e['end']}] {e.get('error', {}).get('type', '?')}" for e in failed[:5])
+        exc.args = (f"{len(failed)} span(s) of the text could not be read ({where}); "
+                    f"{len(result.value)} item(s) were: see the exception's result",)
+        raise exc
+    return list(result.value)
+
+
+def extract_all(text: str | bytes, item: Any, **options: Any) -> list[Any]:
+    """Sync ``aextract_all``."""
+    return run_sync(aextract_all(text, item, **options))
+
+
+async def aextract_iter(text: str | bytes, item: Any, **options: Any) -> AsyncIterator[Any]:
+    """Each ``item`` of ``text`` as soon as it validates (document order within a pass); a span
+    that failed is skipped here: use ``Extractor.item_run`` for the Result."""
+    lists, rest = _split_options(dict(options))
+    run = Extractor(**rest).item_run(text, item, **lists)
+    async for value in run.stream():
+        yield value
+
+
+_DONE = object()
+
+
+def extract_iter(text: str | bytes, item: Any, **options: Any) -> Iterator[Any]:
+    """Sync ``aextract_iter``: the extraction runs on a thread and each item is handed over as it
+    validates, so the first arrives after one window, not after the document."""
+    lists, rest = _split_options(dict(options))
+    run = Extractor(**rest).item_run(text, item, **lists)  # bad input raises here, before any call
+    return iter_sync(run.stream())
+
+
+def iter_sync(agen: AsyncIterator[Any]) -> Iterator[Any]:
+    """Drive ``agen`` on a thread of its own and yield what it yields; closing the iterator
+    stops the producer at its next item."""
+    out: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+
+    async def pump() -> None:
+        try:
+            async for value in agen:
+                if stop.is_set():
+                    break
+                out.put(value)
+        except BaseException as exc:  # handed to the consumer, raised there
+            out.put(exc)
+            return
+        out.put(_DONE)
+
+    worker = threading.Thread(target=lambda: asyncio.run(pump()), daemon=True)
+    worker.start()
+    try:
+        while True:
+            value = out.get()
+            if value is _DONE:
+                return
+            if isinstance(value, BaseException):
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join()

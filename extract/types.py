@@ -168,6 +168,10 @@ class Result(BaseModel):
     # disagreed on ({"path", "chosen", "values": [{"chunk", "value"}]}).
     chunks: list[Chunk] = Field(default_factory=list)
     conflicts: list[dict[str, Any]] = Field(default_factory=list)
+    # A list extraction (extract.runtime.lists, ``Extractor.run_all``): every span of the text an
+    # item was read from or failed at, in text order ({"start", "end", "status": "ok" |
+    # "rejected" | "failed", "window", "pass", "error"?}); the "ok" entries line up with ``value``.
+    items: list[dict[str, Any]] = Field(default_factory=list)
     # Served from the result cache (extract.runtime.cache): no model was called for this Result.
     cache_hit: bool = False
     # Every leaf of ``value`` with its spans in the caller's text and its confidence.
@@ -193,6 +197,8 @@ class Result(BaseModel):
         value = self.value
         if isinstance(value, BaseModel):
             value = value.model_dump(mode="json")
+        elif isinstance(value, list):
+            value = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
         return {
             "ok": self.ok,
             "tier": self.tier,
@@ -202,6 +208,7 @@ class Result(BaseModel):
             **({"chunks": [{"start": c.start, "end": c.end, "ok": c.result.ok, "tier": c.result.tier}
                            for c in self.chunks],
                 "conflicts": self.conflicts} if self.chunks else {}),
+            **({"items": self.items} if self.items else {}),
             **({"cache_hit": True} if self.cache_hit else {}),
             **({"fields": [f.model_dump(mode="json") for f in self.fields]} if self.fields else {}),
         }

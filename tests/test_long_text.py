@@ -107,3 +107,27 @@ def test_error_and_truncate_modes() -> None:
     assert not result.chunks
     assert result.attempts[0].truncated_input
     assert result.attempts[0].meta["original_chars"] == len(LONG) > result.attempts[0].meta["input_chars"]
+
+
+def test_a_chunk_plan_counts_every_example_a_pool_may_show() -> None:
+    from extract.examples import ExamplePool
+    from extract.runtime.chunking import plan_chunks
+    from extract.spec import compile_spec
+    from extract.spec.prompt import build_messages
+    from extract.tiers.base import prompt_fits
+
+    ex = Extractor(tiers=["local"], **SMALL)
+    spec = compile_spec(Roster)
+    text = LONG[:1100]
+    pool = ExamplePool([(LONG[1100:1500], {"city": None, "people": ["Emeka Obi"]}),
+                        ("Alice Martin, Paris.", {"city": "Paris", "people": ["Alice Martin"]})], k=1,
+                       n_ctx=SMALL["n_ctx"])
+    shown = pool.largest(spec)
+    assert [e.index for e in shown] == [0]  # the longest the pool can choose
+    assert plan_chunks(text, spec, ex.settings, ex.tiers) is None  # the text alone fits
+    spans = plan_chunks(text, spec, ex.settings, ex.tiers, shown)
+    assert spans is not None and len(spans) >= 2  # with the example it does not
+    model = load_local_model(ex.settings)
+    for s, e in spans:  # every chunk fits with the example, by the one rule the tiers use
+        tokens = model.count_tokens(model.render(build_messages(spec, text[s:e], shown)))
+        assert prompt_fits(tokens, model.n_ctx, ex.settings)

@@ -95,10 +95,12 @@ def _check_pool(concurrency: int, rate_limit: float | None) -> None:
         raise ConfigError(f"rate_limit must be a positive number of extractions per second, got {rate_limit!r}")
 
 
-async def _one(extractor: Extractor, spec: Spec, text: Any) -> Result:
+async def _one(extractor: Extractor, spec: Spec, text: Any, all_items: bool = False) -> Result:
     if isinstance(text, Exception):  # a row already known to be bad (read_inputs)
         return failed_result(text)
     try:
+        if all_items:  # every item of the document: one Result holding the list
+            return await extractor.arun_all(text, spec)
         return await extractor.arun(text, spec)
     except Exception as exc:  # one input's failure is recorded, never the batch's end
         return failed_result(exc)
@@ -111,11 +113,13 @@ async def astream(
     *,
     concurrency: int = 4,
     rate_limit: float | None = None,
+    all_items: bool = False,
 ) -> AsyncIterator[tuple[Any, Result]]:
     """``(key, Result)`` for every ``(key, text)`` item, as each finishes (not in order).
 
     Items are pulled lazily, ``concurrency`` at a time, so a file of millions of rows is never
-    held in memory.
+    held in memory. ``all_items``: each text's Result holds the list of every item
+    (``Extractor.arun_all``).
     """
     _check_pool(concurrency, rate_limit)
     source: Iterator[tuple[Any, Any]] = iter(items)
@@ -127,7 +131,7 @@ async def astream(
             for key, text in source:  # one shared iterator: each item goes to exactly one worker
                 if limit is not None:
                     await limit.wait()
-                await done.put((key, await _one(extractor, spec, text)))
+                await done.put((key, await _one(extractor, spec, text, all_items)))
         finally:
             await done.put(None)
 
@@ -437,8 +441,9 @@ def done_ids(path: Path) -> set[str]:
 
 async def _run_rows(extractor: Extractor, spec: Spec, items: Iterable[tuple[Any, Any]], sink: Any,
                     stats: BatchStats, concurrency: int, rate_limit: float | None,
-                    tick: Callable[[BatchStats], None]) -> None:
-    async for ident, result in astream(extractor, spec, items, concurrency=concurrency, rate_limit=rate_limit):
+                    tick: Callable[[BatchStats], None], all_items: bool = False) -> None:
+    async for ident, result in astream(extractor, spec, items, concurrency=concurrency, rate_limit=rate_limit,
+                                       all_items=all_items):
         sink.write(json.dumps({"id": ident, **result.to_json_dict()}, ensure_ascii=False) + "\n")
         sink.flush()
         os.fsync(sink.fileno())
@@ -459,8 +464,12 @@ def run_jsonl(
     concurrency: int = 4,
     rate_limit: float | None = None,
     progress: bool = True,
+    all_items: bool = False,
 ) -> BatchStats:
     """Extract every input row not already in ``output_path``, appending each as it finishes.
+
+    ``all_items``: ``spec`` is one item and each row holds the list of every item of its
+    document (``Extractor.arun_all``), with each item's span in ``items``.
 
     Raises ``OutputLocked`` (a ``ConfigError``) when another live writer holds ``output_path``.
     """
@@ -469,11 +478,12 @@ def run_jsonl(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     # Held from before the torn-line cut and the resume scan: both must see a file nobody else writes.
     with hold_output(output_path):
-        return _run_held(input_path, output_path, compiled, extractor, concurrency, rate_limit, progress)
+        return _run_held(input_path, output_path, compiled, extractor, concurrency, rate_limit, progress,
+                         all_items)
 
 
 def _run_held(input_path: Path, output_path: Path, compiled: Spec, extractor: Extractor, concurrency: int,
-              rate_limit: float | None, progress: bool) -> BatchStats:
+              rate_limit: float | None, progress: bool, all_items: bool = False) -> BatchStats:
     finished = done_ids(output_path)
     stats = BatchStats()
     started = time.perf_counter()
@@ -495,7 +505,8 @@ def _run_held(input_path: Path, output_path: Path, compiled: Spec, extractor: Ex
     ) if progress else None
     with output_path.open("a", encoding="utf-8") as sink:
         if bar is None:
-            run_sync(_run_rows(extractor, compiled, items, sink, stats, concurrency, rate_limit, lambda s: None))
+            run_sync(_run_rows(extractor, compiled, items, sink, stats, concurrency, rate_limit, lambda s: None,
+                               all_items))
         else:
             with bar:
                 task = bar.add_task("extract", total=remaining, failed=0, tokens=0, cost=0.0)
@@ -503,7 +514,8 @@ def _run_held(input_path: Path, output_path: Path, compiled: Spec, extractor: Ex
                 def tick(s: BatchStats) -> None:
                     bar.update(task, completed=s.done, failed=s.failed, tokens=s.tokens, cost=s.cost_usd)
 
-                run_sync(_run_rows(extractor, compiled, items, sink, stats, concurrency, rate_limit, tick))
+                run_sync(_run_rows(extractor, compiled, items, sink, stats, concurrency, rate_limit, tick,
+                                   all_items))
     stats.seconds = time.perf_counter() - started
     return stats
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 
 from extract.errors import ConfigError, ExtractError, ExtractionFailed, UnsupportedSchema
 from extract.pipeline import Extractor
@@ -130,6 +131,11 @@ def run(
         "--html", help="Also write a review page: the text with each value highlighted at its spans.")] = None,
     review_below: Annotated[float | None, typer.Option(
         help="Mark values whose confidence is below this (0..1) for review.")] = None,
+    all_items: Annotated[bool, typer.Option(
+        "--all", help="Every item of the text (--schema is ONE item): a JSON line per item as it is found; "
+        "a batch row holds its document's list.")] = False,
+    passes: Annotated[int, typer.Option(help="--all: readings of the text (2: again, found items blanked).")] = 1,
+    split: Annotated[str, typer.Option(help="--all: read line by line (lines) or in token chunks (chunks).")] = "lines",
 ) -> None:
     """Extract one value from a text and print it as JSON; or a whole JSONL batch, resumably."""
     with _exit_codes():
@@ -137,13 +143,18 @@ def run(
             _check_page_path(html_page)
             if input_file is not None or output_file is not None:
                 raise ConfigError("--html is for one text; for a batch run `extract review OUTPUT --input INPUT`")
+            if all_items:
+                raise ConfigError("--html is for one value; --all prints items with their spans instead")
         spec = load_spec(schema, regex)
         pool = load_examples(examples) if examples is not None else None
         extractor = Extractor(tiers=tier or None, model_path=model_path, backend=backend,
                               cache=False if no_cache else None, examples=pool, examples_k=examples_k,
                               review_below=review_below)
         if input_file is not None or output_file is not None:
-            _run_batch(source, input_file, output_file, spec, extractor, concurrency, rate_limit)
+            _run_batch(source, input_file, output_file, spec, extractor, concurrency, rate_limit, all_items)
+            return
+        if all_items:
+            _run_all(extractor, _read_input(source), spec, passes, split, result)
             return
         text = _read_input(source)
         res = extractor.run(text, spec)
@@ -187,15 +198,38 @@ def check(
     raise typer.Exit(report.exit_code)
 
 
+def _run_all(extractor: Extractor, text: str | bytes, item: Any, passes: int, split: str, whole: bool) -> None:
+    """One JSON line per item as it is found; the Result (``--result``) or the failed spans after."""
+    from extract.pipeline import iter_sync
+
+    if split not in ("lines", "chunks"):
+        raise ConfigError(f"--split must be lines or chunks, got {split!r}")
+    run = extractor.item_run(text, item, passes=passes, split="lines" if split == "lines" else "chunks")
+    for value in iter_sync(run.stream()):
+        if not whole:
+            dumped = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+            typer.echo(json.dumps(dumped, ensure_ascii=False))
+    res = run.result()
+    if whole:
+        typer.echo(json.dumps(res.to_json_dict(), ensure_ascii=False, indent=2))
+    if not res.ok:
+        raise ExtractionFailed(res)
+    failed = [e for e in res.items if e["status"] == "failed"]
+    if failed:
+        where = ", ".join(f"[{e['start']}:{e['end']}] {e.get('error', {}).get('type', '')}" for e in failed[:5])
+        _fail(ExtractError(f"{len(failed)} span(s) of the text could not be read: {where}"), 1)
+
+
 def _run_batch(source: str, input_file: Path | None, output_file: Path | None, spec: Any, extractor: Extractor,
-               concurrency: int, rate_limit: float | None) -> None:
+               concurrency: int, rate_limit: float | None, all_items: bool = False) -> None:
     from extract.front.batch import run_jsonl
 
     if input_file is None or output_file is None:
         raise ConfigError("a batch needs both --input FILE.jsonl and --output FILE.jsonl")
     if source != "-":
         raise ConfigError(f"give either a text file ({source}) or --input, not both")
-    stats = run_jsonl(input_file, output_file, spec, extractor, concurrency=concurrency, rate_limit=rate_limit)
+    stats = run_jsonl(input_file, output_file, spec, extractor, concurrency=concurrency, rate_limit=rate_limit,
+                      all_items=all_items)
     typer.echo(json.dumps(stats.to_json(), ensure_ascii=False))
     if stats.failed:
         raise typer.Exit(1)

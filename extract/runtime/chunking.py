@@ -24,7 +24,9 @@ The context is the local model's ``n_ctx`` when the chain has a local tier (toke
 that model's tokenizer, exactly), else ``remote_context_tokens`` when set (tokens estimated at
 3 characters each: BPE tokenizers average about 4 on English, so a chunk is a little smaller
 than it could be; a chunk the server still refuses is a ``provider_error`` attempt). With
-neither, remote texts go whole. Worked examples (``Extractor(examples=...)``) are not counted.
+neither, remote texts go whole. Worked examples are counted: the schema's own, and the largest
+choice an ``Extractor(examples=...)`` pool can make. Whether a prompt fits is
+``tiers.base.prompt_fits``, the rule the local tier's truncation uses too.
 
 This module imports no concrete tier and not the pipeline (the Extractor is passed in); whether a
 tier is local is what the tier declares (``Tier.remote``).
@@ -43,7 +45,7 @@ from pydantic import BaseModel
 from extract.settings import Settings
 from extract.spec import Spec
 from extract.spec.prompt import Example, build_messages
-from extract.tiers.base import MIN_OUTPUT_TOKENS, Tier
+from extract.tiers.base import Tier, output_reserve, prompt_fits
 from extract.types import Attempt, AttemptError, Chunk, Result
 from extract.validate import check
 
@@ -106,8 +108,9 @@ def plan_chunks(text: str, spec: Spec, settings: Settings, tiers: Sequence[Tier]
                 examples: Sequence[Example] = ()) -> list[tuple[int, int]] | None:
     """The chunk spans for ``text``, or None when it fits (or chunking is off).
 
-    ``examples`` are the schema's own worked examples (every prompt shows them); a pool's
-    choice depends on the chunk and is not counted.
+    ``examples`` are every worked example a prompt may show: the schema's own and, for a
+    pool, the largest choice it can make (``ExamplePool.largest``; the choice depends on the
+    chunk, so the plan counts the worst case).
     """
     if settings.long_text != "chunk" or settings.truncate:
         return None
@@ -115,10 +118,9 @@ def plan_chunks(text: str, spec: Spec, settings: Settings, tiers: Sequence[Tier]
     if any(not tier.remote for tier in tiers):
         # A token is at least one byte: a prompt with fewer bytes than the context fits, and
         # the model (and its load) is not needed to know it.
-        reserve = settings.max_tokens or max(MIN_OUTPUT_TOKENS, settings.n_ctx // 4)
         messages = build_messages(spec, text, examples)
         upper = sum(len(m["content"].encode("utf-8")) + _TEMPLATE_TOKENS for m in messages)
-        if upper + reserve <= settings.n_ctx:
+        if prompt_fits(upper, settings.n_ctx, settings):
             return None
         from extract.providers.local_model import load_local_model
 
@@ -140,10 +142,9 @@ def plan_chunks(text: str, spec: Spec, settings: Settings, tiers: Sequence[Tier]
             return sum(count(m["content"]) for m in build_messages(spec, s, examples))
     else:
         return None
-    reserve = settings.max_tokens or max(MIN_OUTPUT_TOKENS, context // 4)
-    if prompt_tokens(text) + reserve <= context:
+    if prompt_fits(prompt_tokens(text), context, settings):
         return None
-    room = context - prompt_tokens("") - reserve - _EDGE_TOKENS
+    room = context - prompt_tokens("") - output_reserve(settings, context) - _EDGE_TOKENS
     if room < 32:
         return None  # no chunk would fit: let the tier say so as it does today
     overlap = min(settings.chunk_overlap_tokens, room // 4)

@@ -20,7 +20,8 @@ from extract.spec import Spec, max_output_chars
 from extract.spec.prompt import Example
 from extract.types import Attempt
 
-__all__ = ["MIN_OUTPUT_TOKENS", "Spend", "Task", "Tier", "output_token_limit", "split_tier_name"]
+__all__ = ["MIN_OUTPUT_TOKENS", "Spend", "Task", "Tier", "output_reserve", "output_token_limit", "prompt_fits",
+           "split_tier_name"]
 
 # The smallest room an answer needs: below this many free tokens, the context is full.
 MIN_OUTPUT_TOKENS = 16
@@ -44,6 +45,20 @@ def output_token_limit(settings: Settings, constraint: dict[str, Any] | str | No
         return settings.max_tokens
     bound = UNBOUNDED_OUTPUT_TOKENS if constraint is None else max_output_chars(constraint) + OUTPUT_SLACK_TOKENS
     return max(MIN_OUTPUT_TOKENS, min(bound, room))
+
+
+def output_reserve(settings: Settings, context: int) -> int:
+    """The output room a prompt must leave free in ``context`` to count as fitting:
+    ``max_tokens`` when set, else a quarter of the context (at least 16)."""
+    return settings.max_tokens or max(MIN_OUTPUT_TOKENS, context // 4)
+
+
+def prompt_fits(prompt_tokens: int, context: int, settings: Settings) -> bool:
+    """Whether a prompt of ``prompt_tokens`` (the task, the schema, every worked example shown
+    and the text, as the model's tokenizer counts them, or as estimated for a remote model)
+    leaves ``output_reserve`` free: the one rule that chunking, truncation and list
+    extraction size prompts by."""
+    return prompt_tokens + output_reserve(settings, context) <= context
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from extract.spec.compile import checked_after
 from extract.spec.grammar import object_lark
 from extract.spec.prompt import PROMPT_VERSION, Example, build_messages, shared_prefix
 from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
-from extract.tiers.base import MIN_OUTPUT_TOKENS, Spend, Task, output_token_limit
+from extract.tiers.base import MIN_OUTPUT_TOKENS, Spend, Task, output_token_limit, prompt_fits
 from extract.types import Attempt, Usage
 from extract.validate import check
 from extract.validate.grounding import token_confidences
@@ -174,7 +174,7 @@ class LocalTier:
         while lo < hi:  # the longest prefix that leaves room for an answer
             mid = (lo + hi + 1) // 2
             p = model.render(build_messages(spec, text[:mid], examples))
-            if model.n_ctx - model.count_tokens(p) >= max(MIN_OUTPUT_TOKENS, model.n_ctx // 4):
+            if prompt_fits(model.count_tokens(p), model.n_ctx, self.settings):
                 lo = mid
             else:
                 hi = mid - 1

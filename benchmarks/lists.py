@@ -1,0 +1,172 @@
+"""Every item of a document: reference lists and letters, local tier (``extract_all``).
+
+Run: ``uv run python benchmarks/lists.py [--refs 10,50,200] [--letters 5] [--passes 1,2] [--seed 0]``
+
+- **references**: documents of N references drawn (``--seed``) from
+  ``../shared/data/citations/dev.jsonl``, one a line under a "References" heading, read with
+  ``schemas.citation:Citation``;
+- **letters**: letters of 4 addresses from ``../shared/data/usaddress/dev.jsonl``, each in a
+  sentence of its own between a salutation and a closing, read with ``schemas.address:Address``.
+
+Per document set and number of passes: item recall and precision (a returned item matches a
+gold item when their spans overlap by more than half of the shorter; one to one), gold items
+not returned but named in ``Result.items`` (rejected or failed) and gold items not returned
+and not named (``silent``), field F1 of matched items (values compared lowercased with outer
+punctuation stripped), time to the first item (``Extractor.item_run(...).stream()``),
+seconds per 1,000 characters; and one single-reference extraction (``Extractor.run``), the
+yardstick for the time to the first item. Figures, not assertions: on 2 shared cores the
+times move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import string
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("EXTRACT_CACHE", "false")
+DATA = REPO.parent / "shared" / "data"
+
+LETTER_LINES = ["Please deliver the first order to {} before Friday.",
+                "The invoice goes to our office at {} as usual.",
+                "Returns are handled at {} on weekdays.",
+                "Our new warehouse, {} opens in May."]
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.open(encoding="utf-8")]
+
+
+def ref_doc(rows: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int, dict[str, Any]]]]:
+    text, gold = "References\n\n", []
+    for r in rows:
+        gold.append((len(text), len(text) + len(r["text"]), r["gold"]))
+        text += r["text"] + "\n"
+    return text, gold
+
+
+def letter_doc(rows: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int, dict[str, Any]]]]:
+    text, gold = "Dear Sir or Madam,\n\n", []
+    for line, r in zip(LETTER_LINES, rows, strict=False):
+        head = line.split("{}")[0]
+        gold.append((len(text) + len(head), len(text) + len(head) + len(r["text"]), r["gold"]))
+        text += line.format(r["text"]) + "\n"
+    return text + "\nKind regards,\nThe shipping team\n", gold
+
+
+def norm(v: Any) -> str:
+    if isinstance(v, list):
+        v = " ".join(map(str, v))
+    return " ".join(str(v).lower().strip(string.punctuation + " ").split())
+
+
+def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    inter = min(a[1], b[1]) - max(a[0], b[0])
+    return inter > max(1, min(a[1] - a[0], b[1] - b[0])) / 2
+
+
+def score(result: Any, gold: list[tuple[int, int, dict[str, Any]]]) -> dict[str, float]:
+    ok = [e for e in result.items if e["status"] == "ok"]
+    named = [e for e in result.items if e["status"] != "ok"]
+    preds = [((e["start"], e["end"]), v.model_dump() if hasattr(v, "model_dump") else v)
+             for e, v in zip(ok, result.value, strict=True)]
+    used: set[int] = set()
+    tp = fp = fn = 0
+    matched = 0
+    silent = 0
+    for gs, ge, fields in gold:
+        hit = next((i for i, (span, _) in enumerate(preds) if i not in used and overlaps(span, (gs, ge))), None)
+        if hit is None:
+            if not any(overlaps((e["start"], e["end"]), (gs, ge)) for e in named):
+                silent += 1
+            continue
+        used.add(hit)
+        matched += 1
+        value = preds[hit][1]
+        for k in set(fields) | {k for k, v in value.items() if v is not None}:
+            g, p = fields.get(k), value.get(k)
+            if p is not None and g is not None and norm(p) == norm(g):
+                tp += 1
+            else:
+                fp += p is not None
+                fn += g is not None
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return {"gold": len(gold), "returned": len(preds), "matched": matched, "silent": silent,
+            "named": len(gold) - matched - silent, "f1": f1}
+
+
+async def timed(ex: Any, text: str, item: Any, passes: int) -> tuple[Any, float, float]:
+    run = ex.item_run(text, item, passes=passes)
+    started = time.perf_counter()
+    first = None
+    async for _ in run.stream():
+        if first is None:
+            first = time.perf_counter() - started
+    return run.result(), first if first is not None else float("nan"), time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--refs", default="10,50,200", help="references per document, comma-separated")
+    parser.add_argument("--letters", type=int, default=5, help="letters of 4 addresses (0: none)")
+    parser.add_argument("--passes", default="1,2", help="numbers of passes, comma-separated")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from extract import Extractor
+    from schemas.address import Address
+    from schemas.citation import Citation
+
+    rng = random.Random(args.seed)
+    cites = read(DATA / "citations" / "dev.jsonl")
+    addrs = read(DATA / "usaddress" / "dev.jsonl")
+    ex = Extractor(tiers=["local"], cache=False)
+    singles = []
+    for r in rng.sample(cites, 4):
+        t = time.perf_counter()
+        ex.run(r["text"], Citation)
+        singles.append(time.perf_counter() - t)
+    single = sorted(singles[1:])[1]  # the median of three warm extractions (the first loads the model)
+    print(f"one single-reference extraction (median of 3, warm): {single:.2f} s")
+    sets: list[tuple[str, Any, list[tuple[str, list[tuple[int, int, dict[str, Any]]]]]]] = []
+    for n in [int(x) for x in args.refs.split(",") if x]:
+        sets.append((f"{n} references", Citation, [ref_doc(rng.sample(cites, n))]))
+    if args.letters:
+        letters = [letter_doc(rng.sample(addrs, 4)) for _ in range(args.letters)]
+        sets.append((f"{args.letters} letters x 4 addresses", Address, letters))
+    print("| documents | passes | gold | returned | recall | precision | named, not returned | silent "
+          "| field F1 | first item s | x single | s / 1k chars |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, item, docs in sets:
+        for passes in [int(x) for x in args.passes.split(",") if x]:
+            tot = {"gold": 0, "returned": 0, "matched": 0, "silent": 0, "named": 0}
+            f1s, firsts, secs, chars = [], [], 0.0, 0
+            for text, gold in docs:
+                result, first, total = asyncio.run(timed(ex, text, item, passes))
+                s = score(result, gold)
+                for k in tot:
+                    tot[k] += int(s[k])
+                f1s.append(s["f1"])
+                firsts.append(first)
+                secs += total
+                chars += len(text)
+            recall = tot["matched"] / max(1, tot["gold"])
+            precision = tot["matched"] / max(1, tot["returned"])
+            first = sum(firsts) / len(firsts)
+            print(f"| {name} | {passes} | {tot['gold']} | {tot['returned']} | {recall:.3f} | {precision:.3f} "
+                  f"| {tot['named']} | {tot['silent']} | {sum(f1s) / len(f1s):.3f} | {first:.2f} "
+                  f"| {first / single:.2f} | {1000 * secs / chars:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

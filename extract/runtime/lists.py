@@ -1,0 +1,468 @@
+"""Every item of a document: windows read one after another, items located by their span.
+
+``Extractor.run_all`` / ``extract_all`` / ``extract_iter`` ask for a list of ``Item`` and
+return each item with the span of text it was read from. The request is the list wrapper
+``{"items": [Item, ...]}`` run through the whole chain (so budget, cache, logs, PII and
+every tier apply), one *window* of the text at a time:
+
+- ``split="lines"`` (the default): every non-blank line is a window. A bibliography, an
+  invoice's lines, a letter's paragraphs: one line holds a few items at most, and a 135M
+  model asked for the list of a whole page repeats its first item (measured: 8 references
+  in, one title repeated 40 times out), while asked for one line's list it answers that
+  line. A line longer than the context is chunked by ``extract.runtime.chunking``.
+- ``split="chunks"``: token chunks with overlap, planned by ``chunking.plan_chunks`` (the
+  one place that sizes a prompt against the context, with the model's own tokenizer), for
+  items that run across lines and models that can list a page.
+
+Within a window, an answer cut by the output limit (``finish_reason == "length"``) or
+holding as many distinct items as the list allows is not the end: every complete item is
+kept (the raw array is parsed item by item) and the window is read again from the end of
+the last complete item's span, each continuation its own call with its own Attempts.
+
+Items are located by their string values (span-copy makes them substrings of the text): an
+item's span runs from its first to its last located value (in lines mode a line read whole
+as one item spans the line). Two items are the same when
+their spans overlap by more than half of the shorter one, so an item seen twice in a chunk
+overlap is kept once (the copy from the window that holds it whole) while two identical
+references at different places stay two items. An item with fewer than ``min_fields``
+distinct values (default 2: a heading, a salutation) is rejected, not returned; windows
+whose call failed are named as failed spans. ``Result.items`` lists every span with its
+status (``ok``, ``rejected``, ``failed``), so nothing is dropped silently; its ``ok``
+entries line up one to one with ``Result.value``.
+
+``passes=2`` reads the text again with every found item's span blanked out (offsets are
+kept), so a second item on a line, or an item the first reading merged into its neighbour,
+gets its own reading; only items whose spans are new are added. A window whose text is
+unchanged is not read again (greedy decoding would repeat itself).
+
+Like chunking, this module gets the Extractor passed in and imports no concrete tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel
+
+from extract.errors import ConfigError
+from extract.runtime.chunking import plan_chunks
+from extract.settings import Settings
+from extract.spec import Spec, compile_spec
+from extract.tiers.base import Tier
+from extract.types import AttemptError, Chunk, Result
+from extract.validate import check
+
+__all__ = ["ItemRun", "Split", "failed_spans", "item_list_spec", "locate", "partial_items"]
+
+Split = Literal["lines", "chunks"]
+# The most items one call may return: a line holds a few at most; a chunk up to a page.
+LINE_MAX_ITEMS = 2
+CHUNK_MAX_ITEMS = 64
+_LINE = re.compile(r"[^\n]+")
+
+
+class _Chain(Protocol):
+    settings: Settings
+    tiers: list[Tier]
+
+    async def arun(self, text: str, spec: Any) -> Result: ...
+
+
+def item_list_spec(item: Any, max_items: int) -> tuple[Spec, Spec]:
+    """(the item's Spec, the list wrapper's Spec) for ``item``, or a ConfigError naming why
+    ``item`` cannot be an item (a regex or grammar, a list, an object without fields)."""
+    spec = compile_spec(item)
+    if not spec.is_json or spec.schema is None:
+        raise ConfigError(f"extract_all needs an object spec for one item (a Pydantic model or a JSON Schema "
+                          f"object); got a {spec.kind} spec")
+    schema = spec.schema
+    if schema.get("type") == "array" or ("items" in schema and "properties" not in schema):
+        raise ConfigError("the item spec is itself a list: pass the spec of ONE item "
+                          "(extract_all returns the list)")
+    if not isinstance(schema.get("properties"), dict) or not schema["properties"]:
+        raise ConfigError(f"the item spec {spec.name!r} has no fields (no 'properties'): there is nothing "
+                          "to extract for an item")
+    inner = copy.deepcopy(schema)
+    defs = inner.pop("$defs", {})
+    # Every nullable field is written (null where absent), as the local tier does for one object
+    # zero-shot (``all_keys``): left to choose keys, the small model writes one or two and stops.
+    required = list(inner.get("required", []))
+    required += [k for k, v in inner["properties"].items() if k not in required and _nullable(v)]
+    inner["required"] = required
+    name = "ExtractItem"
+    while name in defs:
+        name += "_"
+    wrapper: dict[str, Any] = {
+        "type": "object",
+        "title": f"list of {schema.get('title', spec.name)}",
+        "description": "every item the document holds, in document order",
+        "properties": {"items": {"type": "array", "items": {"$ref": f"#/$defs/{name}"}, "maxItems": max_items}},
+        "required": ["items"],
+        "$defs": {**defs, name: inner},
+    }
+    if inner.get("copy_from_input"):
+        wrapper["copy_from_input"] = True  # span-copy marks sit on the root
+    return spec, compile_spec(wrapper)
+
+
+def _nullable(node: Any) -> bool:
+    if not isinstance(node, dict):
+        return False
+    t = node.get("type")
+    if t == "null" or (isinstance(t, list) and "null" in t):
+        return True
+    return any(_nullable(s) for s in node.get("anyOf", []) + node.get("oneOf", []))
+
+
+def partial_items(raw: str | None) -> list[Any]:
+    """Every complete element of the ``items`` array in ``raw``, even when ``raw`` was cut
+    inside a later element (a cut element is left out, never closed by guesswork)."""
+    if not raw:
+        return []
+    m = re.search(r'"items"\s*:\s*\[', raw)
+    if m is None:
+        return []
+    decoder = json.JSONDecoder()
+    out: list[Any] = []
+    i = m.end()
+    while True:
+        while i < len(raw) and raw[i] in " \t\r\n,":
+            i += 1
+        if i >= len(raw) or raw[i] == "]":
+            return out
+        try:
+            value, i = decoder.raw_decode(raw, i)
+        except json.JSONDecodeError:
+            return out
+        out.append(value)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _distinct_values(value: Any) -> int:
+    leaves: set[str] = set()
+
+    def walk(v: Any) -> None:
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        elif v is not None and not (isinstance(v, str) and not v.strip()):
+            leaves.add(json.dumps(v, ensure_ascii=False))
+
+    walk(value)
+    return len(leaves)
+
+
+def _free(at: int, n: int, claimed: list[tuple[int, int]]) -> bool:
+    return not any(at < e and s < at + n for s, e in claimed)
+
+
+def locate(value: Any, text: str, start: int, end: int, floor: int,
+           claimed: list[tuple[int, int]] | None = None) -> tuple[tuple[int, int] | None, list[tuple[int, int]]]:
+    """Where in ``text[start:end]`` an item was read: (its span, the places of its values).
+
+    Each distinct string value is taken at its first place at or after ``floor`` that no
+    other item of the same answer holds (``claimed``), else at its first free place in the
+    window; a value with no free place is not located. The span runs from the first to the
+    last located value; None when no value is located (a value the model did not copy).
+    """
+    claimed = claimed or []
+    places: list[tuple[int, int]] = []
+    for s in dict.fromkeys(_strings(value)):
+        at = -1
+        for lo in (max(floor, start), start):
+            at = text.find(s, lo, end)
+            while at != -1 and not _free(at, len(s), claimed):
+                at = text.find(s, at + 1, end)
+            if at != -1:
+                break
+        if at != -1:
+            places.append((at, at + len(s)))
+    if not places:
+        return None, []
+    return (min(p[0] for p in places), max(p[1] for p in places)), places
+
+
+@dataclass
+class Found:
+    """One span of the document and what became of it."""
+
+    start: int
+    end: int
+    status: Literal["ok", "rejected", "failed"]
+    value: Any = None
+    window: int = 0
+    pass_: int = 1
+    whole: bool = True  # the window holds the span with room on both sides (not cut by its edge)
+    located: bool = True
+    error: AttemptError | None = None
+
+    def entry(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"start": self.start, "end": self.end, "status": self.status,
+                               "window": self.window, "pass": self.pass_}
+        if not self.located:
+            out["located"] = False
+        if self.error is not None:
+            out["error"] = self.error.model_dump(mode="json")
+        return out
+
+
+def _overlaps(a: Found, b: Found) -> bool:
+    if not (a.located and b.located):  # a window-wide span says nothing: the same value twice is one
+        return (a.start, a.end) == (b.start, b.end) and _json_of(a.value) == _json_of(b.value)
+    inter = min(a.end, b.end) - max(a.start, b.start)
+    shorter = max(1, min(a.end - a.start, b.end - b.start))
+    return inter > shorter / 2 or (a.start, a.end) == (b.start, b.end)
+
+
+def _json_of(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+@dataclass
+class ItemRun:
+    """One ``run_all``: iterate ``stream()`` for items as they validate, then ``result()``."""
+
+    chain: _Chain
+    text: str
+    item: Any
+    passes: int = 1
+    split: Split = "lines"
+    min_fields: int = 2
+    kept: list[Found] = field(default_factory=list)
+    dropped: list[Found] = field(default_factory=list)
+    calls: list[Chunk] = field(default_factory=list)
+    skipped_windows: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.passes, int) or isinstance(self.passes, bool) or self.passes < 1:
+            raise ConfigError(f"passes must be a whole number of at least 1, got {self.passes!r}")
+        if self.split not in ("lines", "chunks"):
+            raise ConfigError(f"split must be 'lines' or 'chunks', got {self.split!r}")
+        if not isinstance(self.min_fields, int) or self.min_fields < 1:
+            raise ConfigError(f"min_fields must be a whole number of at least 1, got {self.min_fields!r}")
+        self.max_items = LINE_MAX_ITEMS if self.split == "lines" else CHUNK_MAX_ITEMS
+        self.item_spec, self.list_spec = item_list_spec(self.item, self.max_items)
+        assert self.item_spec.schema is not None
+        self.need_fields = min(self.min_fields, len(self.item_spec.schema["properties"]))
+        self._read: set[tuple[int, str]] = set()  # (start, text) read (a rereading repeats itself)
+
+    def _bound(self, piece: str) -> int:
+        """The most items one answer on ``piece`` may hold: a few per line. A small model that
+        repeats an item runs to the bound, so a tight bound is time saved; an answer that
+        reaches it is read on from its last item, so a tight bound loses nothing."""
+        if self.split == "lines":
+            return LINE_MAX_ITEMS
+        lines = sum(1 for line in piece.splitlines() if line.strip())
+        return min(CHUNK_MAX_ITEMS, max(4, LINE_MAX_ITEMS * lines))
+
+    def _spec_for(self, piece: str) -> Spec:
+        bound = self._bound(piece)
+        if bound == self.max_items:
+            return self.list_spec
+        return item_list_spec(self.item, bound)[1]
+
+    # -- windows -------------------------------------------------------------------------
+    async def _windows(self, text: str) -> list[tuple[int, int]]:
+        if self.split == "lines":
+            out = []
+            for m in _LINE.finditer(text):
+                s, e = m.start(), m.end()
+                while s < e and text[s].isspace():
+                    s += 1
+                while e > s and text[e - 1].isspace():
+                    e -= 1
+                if e > s:
+                    out.append((s, e))
+            # A line longer than the context is read in overlapping token chunks like a text.
+            windows: list[tuple[int, int]] = []
+            for s, e in out:
+                sub = await asyncio.to_thread(plan_chunks, text[s:e], self.list_spec, self.chain.settings,
+                                              self.chain.tiers)
+                windows += [(s + a, s + b) for a, b in sub] if sub is not None else [(s, e)]
+            return windows
+        spans = await asyncio.to_thread(plan_chunks, text, self.list_spec, self.chain.settings,
+                                        self.chain.tiers)
+        return spans if spans is not None else [(0, len(text))]
+
+    # -- one window --------------------------------------------------------------------
+    async def _read_window(self, text: str, index: int, ws: int, we: int, pass_: int) -> list[Found]:
+        """Every item of ``text[ws:we]``, continuing after a cut answer; appends to ``calls``."""
+        found: list[Found] = []
+        cursor, continuation = ws, 0
+        while cursor < we and text[cursor:we].strip():
+            piece = text[cursor:we]
+            if (cursor, piece) in self._read:  # an earlier pass read this very text here
+                self.skipped_windows += 1
+                break
+            self._read.add((cursor, piece))
+            res = await self.chain.arun(piece, self._spec_for(piece))
+            for a in res.attempts:
+                a.meta.update({"window": index, "window_start": cursor, "window_end": we,
+                               "continuation": continuation, "pass": pass_})
+            self.calls.append(Chunk(start=cursor, end=we, result=res))
+            source = next((a for a in res.attempts if a.ok), None)
+            if source is None:
+                source = next((a for a in reversed(res.attempts) if a.raw and not a.skipped), None)
+            cut = source is not None and (source.finish_reason == "length"
+                                          or (source.error is not None and source.error.type == "truncated"))
+            if res.ok and not cut:
+                raws = [_json_of(v) for v in _json_of(res.value)["items"]]
+            elif cut and source is not None:
+                raws = partial_items(source.raw)
+            else:
+                last = res.attempts[-1] if res.attempts else None
+                found.append(Found(cursor, we, "failed", window=index, pass_=pass_, error=(
+                    last.error if last is not None and last.error is not None
+                    else AttemptError(type="no_value", message="no tier produced a value"))))
+                break
+            step: list[Found] = []
+            floor = cursor
+            claimed: list[tuple[int, int]] = []  # places of the text this answer's items hold
+            for raw_item in raws:
+                checked = check(json.dumps(raw_item, ensure_ascii=False), self.item_spec)
+                span, places = locate(raw_item, text, cursor, we, floor, claimed)
+                located = span is not None
+                s, e = span if span is not None else (cursor, we)
+                # Values the text holds only once count once: an item made of places another
+                # item already holds is a repetition (a small model's loop), not an item.
+                fresh = len(places) + _distinct_values(raw_item) - len(set(_strings(raw_item)))
+                if not any(text.find(v, cursor, we) != -1 for v in _strings(raw_item)):
+                    fresh = _distinct_values(raw_item)  # nothing copied: the places say nothing
+                if checked.error is not None:
+                    f = Found(s, e, "failed", window=index, pass_=pass_, located=located, error=checked.error)
+                elif fresh < self.need_fields:
+                    f = Found(s, e, "rejected", checked.value, index, pass_, located=located, error=AttemptError(
+                        type="too_few_fields",
+                        message=f"fewer than {self.need_fields} distinct values at places no other item "
+                        "holds: read as no item (a heading, a salutation, a repetition)"))
+                else:
+                    f = Found(s, e, "ok", checked.value, index, pass_, located=located)
+                    claimed += places
+                f.whole = (s > ws or ws == 0) and (e < we or we == len(text))
+                if located:
+                    floor = max(floor, s + 1)
+                if not any(_overlaps(f, g) for g in step if g.status == f.status):
+                    step.append(f)
+            oks = [f for f in step if f.status == "ok"]
+            if self.split == "lines" and not cut and len(oks) == 1 and continuation == 0:
+                # A line read whole as one item is that item's text: its span is the line, not
+                # just first to last value (a reference's author the model left out is still
+                # part of it), so a second pass does not read the rest of it as a new item.
+                oks[0].start, oks[0].end = ws, we
+                step = [f for f in step if f is oks[0] or not _overlaps(f, oks[0])]
+            found.extend(step)
+            complete = [f for f in step if f.located]
+            if not (cut or sum(f.status == "ok" for f in step) >= self._bound(piece)):
+                break
+            if not complete:
+                found.append(Found(cursor, we, "failed", window=index, pass_=pass_, error=AttemptError(
+                    type="truncated", message="the answer was cut before its first item was complete; "
+                    "raise max_tokens")))
+                break
+            nxt = max(f.end for f in complete)
+            # The item's span runs from its first to its last value; what is left of its line
+            # when that is shorter than the item is its tail (" in London."), not a new item,
+            # and a reading that starts inside it sends a small model astray.
+            eol = text.find("\n", nxt, we)
+            tail = max(complete, key=lambda f: f.end)
+            if eol != -1 and eol - nxt < tail.end - tail.start:
+                nxt = eol + 1
+            if nxt <= cursor:
+                break
+            cursor, continuation = nxt, continuation + 1
+        return found
+
+    def _keep(self, f: Found) -> Found | None:
+        """Add ``f`` unless an item with its span is kept; the copy a window holds whole wins.
+        Returns the item it replaced or ``f`` itself when kept, None when ``f`` was a duplicate."""
+        if f.status != "ok":
+            if not any(_overlaps(f, g) for g in self.kept) and not any(
+                    (f.start, f.end, f.status) == (g.start, g.end, g.status) for g in self.dropped):
+                self.dropped.append(f)
+            return None
+        for i, g in enumerate(self.kept):
+            if _overlaps(f, g):
+                if f.whole and not g.whole:
+                    self.kept[i] = f
+                    return g
+                return None
+        self.kept.append(f)
+        return f
+
+    # -- the run -----------------------------------------------------------------------
+    async def stream(self) -> AsyncIterator[Any]:
+        """Each item's value as soon as its window (or the next window's overlap) settles it,
+        in document order within a pass."""
+        text = self.text
+        for pass_ in range(1, self.passes + 1):
+            if pass_ > 1:
+                text = self._masked()
+                if not text.strip():
+                    break
+            windows = await self._windows(text)
+            held: list[Found] = []
+            for index, (ws, we) in enumerate(windows):
+                for f in await self._read_window(text, index, ws, we, pass_):
+                    if f.status == "ok" and pass_ > 1 and any(_overlaps(f, g) for g in self.kept):
+                        continue
+                    outcome = self._keep(f)
+                    if outcome is f:
+                        held.append(f)
+                    elif outcome is not None and outcome in held:  # replaced by a whole copy
+                        held[held.index(outcome)] = f
+                nxt_start = windows[index + 1][0] if index + 1 < len(windows) else len(text)
+                held.sort(key=lambda g: g.start)
+                while held and held[0].end <= nxt_start:
+                    yield held.pop(0).value
+            for f in sorted(held, key=lambda g: g.start):
+                yield f.value
+
+    def _masked(self) -> str:
+        chars = list(self.text)
+        for f in self.kept:
+            for i in range(f.start, f.end):
+                if chars[i] != "\n":
+                    chars[i] = " "
+        return "".join(chars)
+
+    def result(self) -> Result:
+        """The Result: ``value`` the items in document order, ``items`` every span's fate."""
+        kept = sorted(self.kept, key=lambda f: f.start)
+        dropped = sorted((f for f in self.dropped if not any(_overlaps(f, g) for g in kept)),
+                         key=lambda f: f.start)
+        attempts = [a for c in self.calls for a in c.result.attempts]
+        tiers = sorted({c.result.tier for c in self.calls if c.result.tier})
+        any_ok = any(c.result.ok for c in self.calls)
+        entries = sorted([f.entry() for f in kept] + [f.entry() for f in dropped],
+                         key=lambda e: (e["start"], e["status"] != "ok"))
+        return Result(
+            value=[f.value for f in kept],
+            tier="+".join(tiers) if any_ok or not self.calls else None,
+            attempts=attempts,
+            chunks=self.calls,
+            items=entries,
+        )
+
+
+def failed_spans(result: Result) -> list[dict[str, Any]]:
+    """The spans of ``result`` whose reading failed (not rejected: those were read as no item)."""
+    return [e for e in result.items if e["status"] == "failed"]
+
