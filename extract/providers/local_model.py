@@ -226,6 +226,7 @@ class LlamaCppModel:
         )
         threads = settings.n_threads or max(1, os.cpu_count() or 1)
         decode_threads = settings.decode_threads or (1 if path.stat().st_size < SMALL_MODEL_BYTES else threads)
+        self._threads = (threads, decode_threads)
         try:
             with llama_load_params(extra_buffers=settings.extra_buffers):
                 self.llm = llama_cpp.Llama(
@@ -347,7 +348,12 @@ class LlamaCppModel:
                 f"the prompt has {len(prompt_tokens)} tokens, more than the context of {self.n_ctx}"
             )
         max_tokens = min(max_tokens, self.n_ctx - len(prompt_tokens))
+        threads, decode_threads = self._threads
+        # The prompt is evaluated on every core; what follows (one token, or a short run of
+        # grammar-forced ones) is memory-bound work that more threads only slow down.
+        llama_cpp.llama_set_n_threads(llm._ctx.ctx, decode_threads, threads)
         prefix_source = self._eval_prompt(prompt_tokens, self._prefix_length(prompt_tokens, prefix))
+        llama_cpp.llama_set_n_threads(llm._ctx.ctx, decode_threads, decode_threads)
         matcher = None
         bitmask = None
         if grammar is not None:
@@ -375,6 +381,9 @@ class LlamaCppModel:
                     out.extend(ff)
                     logprobs.extend([None] * len(ff))
                     forced += len(ff)
+                    if matcher.is_stopped():  # the closing run: nothing follows it to predict
+                        finish = "stop"
+                        break
                     llm.eval(ff)
                     continue
             # llama-cpp-python 0.3.x no longer copies logits into `scores` unless
@@ -412,7 +421,7 @@ class LlamaCppModel:
                                         endpoint="local")
             out.append(tok)
             logprobs.append(chosen_lp)
-            if len(out) < max_tokens:
+            if len(out) < max_tokens and not (matcher is not None and matcher.is_stopped()):
                 llm.eval([tok])
         raw = llm.detokenize(out)
         text = raw.decode("utf-8", errors="replace")
