@@ -1,6 +1,8 @@
-"""Every item of a document: reference lists and letters, local tier (``extract_all``).
+"""Every item of a document: reference lists and letters, on the local or the native tier (``extract_all``).
 
-Run: ``uv run python benchmarks/lists.py [--refs 10,50,200] [--letters 5] [--passes 1,2] [--seed 0]``
+Run: ``uv run python benchmarks/lists.py [--refs 10,50,200] [--letters 5] [--passes 1,2] [--seed 0]
+[--tier native]`` (``native``: the embedded model behind llama.cpp's server, started for the run on
+127.0.0.1)
 
 - **references**: documents of N references drawn (``--seed``) from
   ``../shared/data/citations/dev.jsonl``, one a line under a "References" heading, read with
@@ -121,7 +123,24 @@ def main() -> None:
     parser.add_argument("--letters", type=int, default=5, help="letters of 4 addresses (0: none)")
     parser.add_argument("--passes", default="1,2", help="numbers of passes, comma-separated")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tier", default="local", choices=["local", "native"],
+                        help="the tier that reads the lists (native: a llama.cpp server started for the run)")
     args = parser.parse_args()
+    server = None
+    options: dict[str, Any] = {"tiers": [args.tier], "cache": False}
+    if args.tier == "native":
+        from extract.providers.server import start_server
+
+        server = start_server(n_ctx=4096)
+        options.update(base_url=server.base_url, model="local", timeout_s=300.0)
+    try:
+        run(args, options)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def run(args: argparse.Namespace, options: dict[str, Any]) -> None:
 
     from extract import Extractor
     from schemas.address import Address
@@ -130,7 +149,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     cites = read(DATA / "citations" / "dev.jsonl")
     addrs = read(DATA / "usaddress" / "dev.jsonl")
-    ex = Extractor(tiers=["local"], cache=False)
+    ex = Extractor(**options)
+    print(f"tier: {options['tiers'][0]}")
     singles = []
     for r in rng.sample(cites, 4):
         t = time.perf_counter()
@@ -151,9 +171,14 @@ def main() -> None:
         for passes in [int(x) for x in args.passes.split(",") if x]:
             tot = {"gold": 0, "returned": 0, "matched": 0, "silent": 0, "named": 0}
             f1s, firsts, secs, chars = [], [], 0.0, 0
+            causes: dict[str, int] = {}
             for text, gold in docs:
                 result, first, total = asyncio.run(timed(ex, text, item, passes))
                 s = score(result, gold)
+                for e in result.items:
+                    if e["status"] == "failed":
+                        cause = (e.get("error") or {}).get("type", "?")
+                        causes[cause] = causes.get(cause, 0) + 1
                 for k in tot:
                     tot[k] += int(s[k])
                 f1s.append(s["f1"])
@@ -166,6 +191,8 @@ def main() -> None:
             print(f"| {name} | {passes} | {tot['gold']} | {tot['returned']} | {recall:.3f} | {precision:.3f} "
                   f"| {tot['named']} | {tot['silent']} | {sum(f1s) / len(f1s):.3f} | {first:.2f} "
                   f"| {first / single:.2f} | {1000 * secs / chars:.2f} |", flush=True)
+            if causes:
+                print(f"  ({name}, {passes} pass(es): failed spans by cause: {causes})", flush=True)
 
 
 if __name__ == "__main__":
