@@ -135,3 +135,23 @@ def test_make_tier_names_endpoint_tiers(remote_settings: Callable[..., Settings]
     assert NativeTier(Settings.resolve()).unavailable() == (
         "no base_url configured (set EXTRACT_BASE_URL or base_url=)"
     )
+
+
+def test_a_copied_span_holding_a_quote_does_not_take_the_server_down(
+    proxy: FaultProxy, remote_settings: Callable[..., Settings]
+) -> None:
+    """llama-cpp-python's server turns the schema into GBNF with its own converter, which writes a
+    double quote inside an enum string unescaped: the grammar does not parse and the server
+    process dies. Span-copy enums hold such quotes whenever the text quotes a title."""
+    settings = remote_settings()
+    text = 'Russell, Alison. "Deconstructing The New York Trilogy." Critique 31 (1990): 71-84.'
+    schema = {"type": "object", "copy_from_input": True,
+              "properties": {"author": {"type": "string"}, "title": {"type": "string"}}}
+    (attempt,) = asyncio.run(NativeTier(settings).attempts(
+        Task(text=text, spec=compile_spec(schema), settings=settings)))
+    assert attempt.meta["mode"] == "json_object_schema"
+    assert attempt.meta["widened_for_server"] == ["/$defs/extract_input_span"]  # the span enum
+    assert attempt.error is None or attempt.error.type != "provider_error", attempt.error
+    # The server is still up and enforcing schemas.
+    (after,) = _run(NativeTier(settings), settings)
+    assert after.error is None and isinstance(after.value, Person), after.error

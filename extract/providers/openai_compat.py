@@ -28,6 +28,7 @@ This module imports no tier.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import re
@@ -70,6 +71,7 @@ __all__ = [
     "probe_grammar_mode",
     "reset_endpoint_states",
     "response_format_for",
+    "server_safe_schema",
 ]
 
 log = logging.getLogger("extract.remote")
@@ -133,6 +135,57 @@ def gbnf_refusal(gbnf: str) -> str | None:
         return "llama.cpp's grammar parser refuses it (its log says why)"
     llama_cpp.llama_sampler_free(sampler)
     return None
+
+
+def server_safe_schema(schema: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    """The schema as llama-cpp-python's server can take it with ``json_object``, and what was widened.
+
+    That server turns the schema into a GBNF grammar with its own converter, which writes a
+    double quote inside an ``enum`` or ``const`` string unescaped; the grammar does not parse
+    and the server process dies (segmentation fault, measured: a span-copy enum holding a
+    quoted title). The same converter runs here and llama.cpp's parser checks its output
+    (``gbnf_refusal``). A refused schema has each enum/const holding such a string widened to a
+    plain string (the value is still validated after); (None, paths) when even that does not
+    parse, and the caller sends ``json_object`` without a schema.
+    """
+    try:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+    except ImportError:  # pragma: no cover - llama-cpp-python is a dependency of the default model
+        return schema, []
+
+    def refused(candidate: dict[str, Any]) -> bool:
+        try:
+            gbnf = json_schema_to_gbnf(json.dumps(candidate))
+        except Exception:  # its converter raises on schemas it does not know
+            return False  # not ours to judge: the server answers such a schema with an error
+        return gbnf_refusal(gbnf) is not None
+
+    if not refused(schema):
+        return schema, []
+    widened = copy.deepcopy(schema)
+    paths: list[str] = []
+    _widen_quoted(widened, "", paths)
+    if paths and not refused(widened):
+        return widened, paths
+    return None, paths
+
+
+def _widen_quoted(node: Any, path: str, paths: list[str]) -> None:
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _widen_quoted(item, f"{path}/{i}", paths)
+        return
+    if not isinstance(node, dict):
+        return
+    values = list(node.get("enum") or []) + ([node["const"]] if "const" in node else [])
+    if any(isinstance(v, str) and '"' in v for v in values):
+        node.pop("enum", None)
+        node.pop("const", None)
+        node["type"] = "string"
+        paths.append(path or "/")
+    for key, value in node.items():
+        if key not in ("enum", "const", "default", "examples"):
+            _widen_quoted(value, f"{path}/{key}", paths)
 
 
 def response_format_for(mode: Mode, schema: dict[str, Any], name: str) -> dict[str, Any] | None:

@@ -42,6 +42,7 @@ from extract.providers.openai_compat import (
     is_mode_rejection,
     probe_grammar_mode,
     response_format_for,
+    server_safe_schema,
 )
 from extract.spec import Spec, local_constraint
 from extract.spec.gbnf import grammar_to_gbnf, object_gbnf, regex_to_gbnf
@@ -119,7 +120,13 @@ class NativeTier(EndpointTier):
                 while response is None:
                     mode: Mode = conn.state.ladder.current() if schema is not None else "prompt"
                     meta["mode"] = mode
-                    fmt = response_format_for(mode, schema, schema_name(spec)) if schema else None
+                    sent = schema
+                    if mode == "json_object_schema" and schema is not None:
+                        sent, widened = server_safe_schema(schema)
+                        if widened:
+                            meta["widened_for_server"] = widened
+                    fmt = (response_format_for(mode, sent, schema_name(spec)) if sent is not None
+                           else response_format_for("json_object", {}, schema_name(spec))) if schema else None
                     call_started = time.perf_counter()
                     try:
                         response = await conn.chat(
