@@ -119,3 +119,18 @@ def test_chain_usage_equals_server_usage(
     usage = _server_usage(proxy)
     assert result.usage.total_tokens == usage["total_tokens"]
     assert result.usage.input_tokens == usage["prompt_tokens"]
+
+
+def test_a_copied_span_holding_a_quote_reaches_the_server_widened(
+    proxy: FaultProxy, remote_settings: Callable[..., Settings]
+) -> None:
+    """The tool's schema is turned into GBNF by the server's own converter, which cannot write a
+    quote inside an enum string (the server process died on it): such enums go as plain strings."""
+    settings = remote_settings(instructor_max_retries=0)
+    text = 'Russell, Alison. "Deconstructing The New York Trilogy." Critique 31 (1990): 71-84.'
+    schema = {"type": "object", "copy_from_input": True,
+              "properties": {"author": {"type": "string"}, "title": {"type": "string"}}}
+    attempts = asyncio.run(InstructorTier(settings).attempts(
+        Task(text=text, spec=compile_spec(schema), settings=settings)))
+    assert attempts and all(a.meta.get("widened_for_server") == ["/$defs/extract_input_span"] for a in attempts)
+    assert all(a.error is None or a.error.type != "provider_error" for a in attempts), attempts[-1].error

@@ -44,6 +44,7 @@ from extract.providers.openai_compat import (
     Connection,
     Endpoint,
     is_mode_rejection,
+    server_safe_schema,
 )
 from extract.spec import Spec
 from extract.spec.prompt import PROMPT_VERSION, build_messages
@@ -207,10 +208,15 @@ class InstructorTier(EndpointTier):
         endpoint = Endpoint.from_settings(self.settings, self.endpoint_name)
         spec = task.spec
         schema = closed_schema(spec, task.text)
+        # The llama.cpp server turns a tool's or json_object's schema into GBNF itself, and a
+        # quote inside an enum string takes it down (``server_safe_schema``).
+        safe, widened = server_safe_schema(schema)
+        schema = safe if safe is not None else schema
         schema["title"] = schema_name(spec)
         carrier = _carrier(spec, json.dumps(schema, sort_keys=True))
         budget = self.output_tokens(spec, task.text)
-        base_meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget}
+        base_meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget,
+                                     **({"widened_for_server": widened} if widened else {})}
         attempts: list[Attempt] = []
         started = time.perf_counter()
         async with Connection(endpoint, task.deadline) as conn:
