@@ -28,12 +28,15 @@ This module imports no tier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import logging
+import os
 import re
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -117,6 +120,21 @@ def grammar_body_for(mode: GrammarMode, *, gbnf: str | None = None, lark: str | 
     return {}
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 points at /dev/null inside (C code writes there, not to sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def gbnf_refusal(gbnf: str) -> str | None:
     """Why llama.cpp's grammar parser refuses ``gbnf``, or None when it reads it.
 
@@ -130,9 +148,12 @@ def gbnf_refusal(gbnf: str) -> str | None:
         import llama_cpp
     except ImportError:  # pragma: no cover - llama-cpp-python is a dependency of the default model
         return None
-    sampler = llama_cpp.llama_sampler_init_grammar(None, gbnf.encode("utf-8"), b"root")
+    # llama.cpp prints a refused grammar whole to stderr (fprintf, not its logger): megabytes
+    # for a span-copy enum. The refusal is ours to report, so its stderr goes nowhere meanwhile.
+    with _quiet_stderr():
+        sampler = llama_cpp.llama_sampler_init_grammar(None, gbnf.encode("utf-8"), b"root")
     if not sampler:
-        return "llama.cpp's grammar parser refuses it (its log says why)"
+        return "llama.cpp's grammar parser refuses it"
     llama_cpp.llama_sampler_free(sampler)
     return None
 
