@@ -21,6 +21,7 @@ from extract.providers.local_model import Constraint, LocalModel, embedded_model
 from extract.settings import Settings
 from extract.spec import Spec, ensure_supported, local_constraint
 from extract.spec.compile import checked_after
+from extract.spec.enforceable import UNENFORCED_KEYS
 from extract.spec.grammar import object_lark
 from extract.spec.prompt import PROMPT_VERSION, Example, build_messages, shared_prefix
 from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
@@ -39,24 +40,12 @@ def _require_all(constraint: str) -> str:
         schema["required"] = list(schema["properties"])
     return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
-# llguidance names the keyword it refuses; map it back onto our feature names.
+# llguidance names the keyword it refuses; map it back onto our feature names (the keywords
+# the constraint leaves to the check after decoding, and those it keeps and may still refuse).
 _KEYWORD_FEATURES = {
-    "not": "not",
-    "if": "conditional",
-    "then": "conditional",
-    "else": "conditional",
-    "dependentRequired": "dependent",
-    "dependentSchemas": "dependent",
-    "dependencies": "dependent",
-    "contains": "contains",
-    "minContains": "contains",
-    "maxContains": "contains",
-    "unevaluatedProperties": "unevaluated",
-    "unevaluatedItems": "unevaluated",
-    "uniqueItems": "unique_items",
+    **UNENFORCED_KEYS,
     "multipleOf": "multiple_of",
     "patternProperties": "pattern_properties",
-    "propertyNames": "property_names",
     "format": "format_other",
     "$ref": "ref",
 }
