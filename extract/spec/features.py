@@ -7,12 +7,13 @@ does not honour makes ``ensure_supported`` raise ``UnsupportedSchema`` before an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from extract.errors import UnsupportedSchema
 
-__all__ = ["CHECKED_AFTER", "FEATURES", "TIER_SUPPORT", "detect_features", "ensure_supported", "unsupported"]
+__all__ = ["CHECKED_AFTER", "FEATURES", "TIER_SUPPORT", "detect_features", "ensure_supported", "self_reaching",
+           "unsupported"]
 
 # feature name -> what it means, as shown by `extract check`.
 FEATURES: dict[str, str] = {
@@ -191,6 +192,28 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from _walk(sub, f"{path}/{defs}/{name}")
 
 
+def self_reaching(edges: Mapping[str, Iterable[str]]) -> list[str]:
+    """The nodes of a directed graph that can reach themselves, in ``edges``' order.
+
+    One walk per node; a target that is not a key of ``edges`` has no edges of its own.
+    Shared by the schema's recursive ``$ref``s here and the GBNF converter's left recursion.
+    """
+    found = []
+    for start in edges:
+        seen: set[str] = set()
+        stack = list(edges[start])
+        while stack:
+            cur = stack.pop()
+            if cur == start:
+                found.append(start)
+                break
+            if cur in seen or cur not in edges:
+                continue
+            seen.add(cur)
+            stack.extend(edges[cur])
+    return found
+
+
 def _recursive_refs(schema: dict[str, Any]) -> list[str]:
     """Names of definitions that can reach themselves through $ref."""
     defs: dict[str, Any] = {}
@@ -211,19 +234,7 @@ def _recursive_refs(schema: dict[str, Any]) -> list[str]:
         return found
 
     edges = {name: refs(sub) for name, sub in defs.items()}
-    cyclic = []
-    for start in edges:
-        seen: set[str] = set()
-        stack = list(edges[start])
-        while stack:
-            cur = stack.pop()
-            if cur == start:
-                cyclic.append(start)
-                break
-            if cur in seen or cur not in edges:
-                continue
-            seen.add(cur)
-            stack.extend(edges[cur])
+    cyclic = self_reaching(edges)
     if "#" in refs({k: v for k, v in schema.items() if k not in ("$defs", "definitions")}):
         cyclic.append("#")
     return cyclic

@@ -45,6 +45,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from extract.errors import UnsupportedSchema
+from extract.spec.features import self_reaching
 
 if TYPE_CHECKING:
     from extract.spec.grammar import Grammar
@@ -502,19 +503,12 @@ class _LarkConverter:
                 if node[0] == "rep" and node[3] == -1 and _nullable_node(node[1], nullable):
                     raise _refuse("grammar_empty_repetition", f"rule {name}",
                                   f"an unbounded repetition in {name!r} of something that can be empty")
-        for start in edges:
-            seen: set[str] = set()
-            stack = list(edges[start])
-            while stack:
-                cur = stack.pop()
-                if cur == start:
-                    raise _refuse("grammar_left_recursion", f"rule {start}", (
-                        f"the rule {start!r} can start with itself through other rules (indirect "
-                        "left recursion), which llama.cpp's grammar engine refuses"))
-                if cur in seen:
-                    continue
-                seen.add(cur)
-                stack.extend(edges.get(cur, ()))
+        cyclic = self_reaching(edges)
+        if cyclic:
+            start = cyclic[0]
+            raise _refuse("grammar_left_recursion", f"rule {start}", (
+                f"the rule {start!r} can start with itself through other rules (indirect "
+                "left recursion), which llama.cpp's grammar engine refuses"))
 
     # With %ignore, an ignored run may come before every token (``ig``), except that two
     # word-like tokens must not touch: lark matches a terminal greedily, so "AFROM" is one
