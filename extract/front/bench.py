@@ -40,7 +40,7 @@ from extract.errors import ConfigError, ExtractError, UnsupportedSchema
 from extract.pipeline import Extractor
 from extract.report.aggregate import group_items, rows_for_result
 from extract.report.render import CORPUS_SCHEMA, PROVENANCE, load_rows, models_of, render
-from extract.report.scoring import instance_valid
+from extract.report.scoring import gold_for_schema, instance_valid
 from extract.spec import compile_spec
 from extract.types import Attempt, AttemptError
 
@@ -240,8 +240,7 @@ def _item_rows(run: BenchRun, policy: str, extractor: Extractor | None, unavaila
                 # Score what the schema asks for: gold labels it has no field for (usaddress's
                 # Recipient, say) are left out of field accuracy; 'container-title' is the
                 # schema's 'container_title'. A gold with no field in common is the wrong schema.
-                by_name = {f.replace("-", "_"): f for f in fields}
-                kept = {by_name[k.replace("-", "_")]: v for k, v in gold.items() if k.replace("-", "_") in by_name}
+                kept = gold_for_schema(gold, fields)
                 if not kept:
                     return _bad(run, policy, item,
                                 f"{where}: no gold field ({', '.join(sorted(gold))}) is in the schema "

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from extract.report.aggregate import ItemOutcome, RunFigures, aggregate
-from extract.report.reference import JSONSCHEMABENCH, best_published
+from extract.report.reference import JSONSCHEMABENCH, TEST_SUITE_COVERAGE, TEST_SUITE_ENGINES, best_published
 
 __all__ = ["CORPUS_SCHEMA", "PLOTS", "PROVENANCE", "load_rows", "models_of", "provenance_of", "render", "summarise"]
 
@@ -147,9 +147,10 @@ def _rate(r: Mapping[str, Any], key: str) -> Cell:
     value = r.get(key)
     ci = _ci(r, key)
     text = _pct(value)
-    if value is not None and ci is not None:
-        text += f" [{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]"
-    return Cell(text, None if value is None else float(value))
+    if value is None or ci is None:
+        return Cell(text, None if value is None else float(value))
+    interval = f"[{100 * ci[0]:.0f}–{100 * ci[1]:.0f}]"
+    return Cell(f"{text} {interval}", float(value), f'{text} <span class="ci">{interval}</span>')
 
 
 def _stat(r: Mapping[str, Any], key: str, digits: int) -> Cell:
@@ -157,9 +158,10 @@ def _stat(r: Mapping[str, Any], key: str, digits: int) -> Cell:
     value = r.get(key)
     ci = _ci(r, key)
     text = "–" if value is None else f"{float(value):.{digits}f}"
-    if value is not None and ci is not None:
-        text += f" [{ci[0]:.{digits}f}–{ci[1]:.{digits}f}]"
-    return Cell(text, None if value is None else float(value))
+    if value is None or ci is None:
+        return Cell(text, None if value is None else float(value))
+    interval = f"[{ci[0]:.{digits}f}–{ci[1]:.{digits}f}]"
+    return Cell(f"{text} {interval}", float(value), f'{text} <span class="ci">{interval}</span>')
 
 
 def _num(value: Any, digits: int = 1) -> Cell:
@@ -279,6 +281,34 @@ def _corpus_rows(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[lis
     return header, rows
 
 
+def _per_file(figures: Sequence[RunFigures]) -> tuple[list[str], list[list[Cell]]]:
+    """The JSON Schema Test Suite per file: our empirical coverage per policy (items are named
+    ``file.json#line``) beside the fraction of cases each published engine passed."""
+    suite = [f for f in figures if f.schema == CORPUS_SCHEMA and "json-schema-test-suite" in f.data]
+    if not suite:
+        return [], []
+    ours: dict[str, dict[str, list[bool]]] = {}
+    for fig in suite:
+        checked = any("item_schema_valid" in o.last for o in fig.items)
+        for o in fig.items:
+            if o.bad:
+                continue
+            name = o.item.split("#")[0].removesuffix(".json")
+            ours.setdefault(name, {}).setdefault(fig.policy, []).append(o.covered(checked))
+    policies = list(dict.fromkeys(f.policy for f in suite))
+    header = ["file", "cases (ours)", *[f"ours: {p}" for p in policies], *[f"{e} (theirs)" for e in TEST_SUITE_ENGINES]]
+    rows = []
+    for name in sorted(ours):
+        got = ours[name]
+        n = max(len(v) for v in got.values())
+        theirs = TEST_SUITE_COVERAGE.get(name)
+        rows.append([Cell(name), _count(n),
+                     *[Cell(f"{sum(got[p])}/{len(got[p])}", sum(got[p]) / len(got[p])) if got.get(p) else Cell("–")
+                       for p in policies],
+                     *[_num(v, 2) for v in (theirs or (None,) * len(TEST_SUITE_ENGINES))]])
+    return header, rows
+
+
 def _reference_tables() -> list[tuple[str, list[str], list[list[Cell]]]]:
     out = []
     for table in JSONSCHEMABENCH["tables"]:
@@ -300,7 +330,7 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[Cell]], *, table_
     head = "".join(f'<th title="sort">{html.escape(h)}</th>' for h in header)
     body = "".join(
         "<tr>" + "".join(
-            (f'<td data-v="{c.sort!r}">' if c.sort is not None else "<td>") + c.html + "</td>" for c in row
+            (f'<td class="n" data-v="{c.sort!r}">' if c.sort is not None else "<td>") + c.html + "</td>" for c in row
         ) + "</tr>"
         for row in rows
     )
@@ -394,7 +424,9 @@ th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f0f0f0;cursor:pointer;user-select:none} th.asc:after{content:" ▲"} th.desc:after{content:" ▼"}
 img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
 .note{color:#555;font-size:13px} .stale{background:#fde2e1;border:2px solid #c0392b;padding:.7em 1em;
-font-weight:600;color:#7b1d14} details{margin:.3em 0;font-size:13px} pre{white-space:pre-wrap;
+font-weight:600;color:#7b1d14} td.n{white-space:nowrap} .ci{color:#777;font-size:11px}
+.prov{font-size:13px;color:#333;background:#f4f6f8;padding:.4em .8em;border-left:3px solid #4c72b0}
+details{margin:.3em 0;font-size:13px} pre{white-space:pre-wrap;
 background:#f7f7f7;padding:.4em;max-height:16em;overflow:auto;font-size:12px}
 """
 # Click a header to sort its table by that column (numbers by their value), again to reverse.
@@ -531,6 +563,7 @@ def render(out: Path, *, command: str | None = None,
     field_tables = _field_tables(runs)
     corpus_header, corpus_rows = _corpus_rows(runs)
     reference = _reference_tables()
+    file_header, file_rows = _per_file(figures)
     confidence_rows = _confidence_rows(runs)
     definitions = _definitions()
 
@@ -550,6 +583,9 @@ def render(out: Path, *, command: str | None = None,
     if corpus_rows:
         md += ["## Schema corpora: coverage, with the published reference", "",
                _md_table(corpus_header, corpus_rows), ""]
+        if file_rows:
+            md += ["### JSON Schema Test Suite, per file (ours beside theirs)", "",
+                   _md_table(file_header, file_rows), ""]
         for title, header, rows_ in reference:
             md += [f"{title}", "", _md_table(header, rows_), ""]
     if confidence_rows:
@@ -574,7 +610,11 @@ def render(out: Path, *, command: str | None = None,
             + '<p class="note">Empirical coverage: an instance that validates against the full schema '
             "(jsonschema, formats checked), over every schema, refusals included. Their figures are on "
             "their models and their collections; ours on ours.</p>"
-            + "".join(f'<p class="note">{html.escape(title)}</p>' + _html_table(header, rows_)
+            + (f"<h3>JSON Schema Test Suite, per file</h3><p class=note>Ours: cases with a valid instance "
+               f"(full schema) of those drawn. Theirs: {html.escape(str(JSONSCHEMABENCH['tables'][0]['source']))}, "
+               "the fraction of each file's cases an engine passed, on their models.</p>"
+               + _html_table(file_header, file_rows) if file_rows else "")
+            + "".join(f"<details><summary>{html.escape(title)}</summary>" + _html_table(header, rows_) + "</details>"
                       for title, header, rows_ in reference)
         )
     failures = _failure_details(figures)
@@ -582,6 +622,8 @@ def render(out: Path, *, command: str | None = None,
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Compliance report</title>'
         f"<style>{_CSS}</style></head><body><h1>Compliance report</h1>"
         + (f'<p class="stale" id="stale">{html.escape(stale)}</p>' if stale else "")
+        + f'<p class="prov">{"<br>".join(html.escape(line) for line in prov_lines[:3])}'
+        + ' (<a href="#provenance">more</a>)</p>'
         + (f"<p>Command: <code>{html.escape(command)}</code></p>" if command else "")
         + f'<p class="note">{html.escape(definitions.replace("*", ""))}</p>'
         + "<h2>The answer: per schema</h2>" + _html_table(HEADLINE_HEADER, headline, table_id="headline")
@@ -593,8 +635,11 @@ def render(out: Path, *, command: str | None = None,
         + ("<h2>Confidence of values (right vs wrong against gold)</h2>"
            + _html_table(CONFIDENCE_HEADER, confidence_rows) if confidence_rows else "")
         + "<h2>Plots</h2>" + imgs
-        + '<h2>Where these figures come from</h2><ul class="note">'
+        + '<h2 id="provenance">Where these figures come from</h2><ul class="note">'
         + "".join(f"<li>{html.escape(line)}</li>" for line in prov_lines) + "</ul>"
+        + ("<details><summary>Every part as recorded (settings, package versions)</summary><pre>"
+           + html.escape(json.dumps(prov.get("parts"), indent=1, ensure_ascii=False)) + "</pre></details>"
+           if prov.get("parts") else "")
         + f"<script>{_SORT_JS}</script></body></html>"
     )
     (out / "report.html").write_text(page, encoding="utf-8")

@@ -7,6 +7,7 @@ Every benchmark now imports these functions, so a definition changes here or now
 
 The definitions:
 
+- *scored gold*: only the labels the schema has a field for (``gold_for_schema``);
 - *leaf fields*: an object's scalar values by path (``a.b``, ``a[0].b``); a list of scalars is
   one leaf; ``None``, ``""`` and ``[]`` are no value at all (an absent field);
 - *normalisation* (the only one): lower-cased, edge punctuation trimmed, whitespace collapsed.
@@ -46,6 +47,7 @@ __all__ = [
     "field_counts",
     "field_path",
     "field_tally",
+    "gold_for_schema",
     "instance_valid",
     "leaves",
     "matches",
@@ -88,6 +90,14 @@ def matches(predicted: Any, gold: Any) -> bool:
     if isinstance(predicted, list):
         return {normalise(p) for p in predicted} == wanted
     return normalise(predicted) in wanted
+
+
+def gold_for_schema(gold: Mapping[str, Any], fields: Iterable[str]) -> dict[str, Any]:
+    """The gold labels a schema has fields for, under the schema's names: labels it has no field
+    for (usaddress's ``Recipient``) are not scored, and the datasets' ``container-title`` is the
+    schema's ``container_title``. Empty when no label is in the schema (the wrong schema)."""
+    by_name = {f.replace("-", "_"): f for f in fields}
+    return {by_name[k.replace("-", "_")]: v for k, v in gold.items() if k.replace("-", "_") in by_name}
 
 
 def field_path(path: str) -> str:
