@@ -29,6 +29,7 @@ import random
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -448,7 +449,8 @@ def merge_parts(out: Path, parts: Sequence[Path]) -> int:
                     added += 1
         with path.open("a", encoding="utf-8") as sink:
             sink.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        mine.setdefault("parts", []).extend(records)
+        known = {p.get("id") for p in mine.get("parts", [])}
+        mine.setdefault("parts", []).extend(r for r in records if r.get("id") is None or r["id"] not in known)
         _write_provenance(out, mine)
     return added
 
@@ -494,7 +496,8 @@ def run_bench(
         seen = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
         if command not in seen:
             log.write_text("".join(line + "\n" for line in [*seen, command]), encoding="utf-8")
-    part = record_part(out, {"started": _now(), "finished": None, "command": command, **code_provenance(),
+    part = record_part(out, {"id": uuid.uuid4().hex[:12], "started": _now(), "finished": None, "command": command,
+                             **code_provenance(),
                              "runs": [r.label for r in runs], "policies": sorted({p for r in runs for p in r.policies}),
                              "settings": {}}, sample=sample, seed=seed)
     written: list[dict[str, Any]] = []
