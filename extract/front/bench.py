@@ -517,6 +517,10 @@ def run_bench(
             server = start_server(n_threads=1, n_ctx=4096)
             stack.callback(server.stop)
             base_url = server.base_url
+            # The remote tiers' attempts name the server's alias only: the weights it served.
+            from extract.providers.decoding import file_digest
+
+            _finish_part(out, part, server_model=f"{server.model_path.name} {file_digest(server.model_path)}")
         progress = stack.enter_context(_progress(todo))
         task = progress.add_task("bench", total=todo)
         sink = stack.enter_context(path.open("a", encoding="utf-8"))

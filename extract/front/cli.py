@@ -316,7 +316,15 @@ def report(
             typer.echo(f"merged {added} items from {len(merge)} folder(s)", err=True)
         if not (folder / "attempts.jsonl").is_file():
             raise ConfigError(f"{folder} has no attempts.jsonl")
-        render_current(folder)
+        summary = render_current(folder)
+    from extract.report.render import provenance_lines, stale_text
+
+    prov = summary["provenance"]
+    for line in provenance_lines(prov):
+        typer.echo(line, err=True)
+    stale = stale_text(prov, None)
+    if stale:
+        typer.echo(stale, err=True)
     typer.echo(str(folder / "report.html"))
 
 

@@ -30,7 +30,8 @@ from typing import Any
 from extract.report.aggregate import ItemOutcome, RunFigures, aggregate
 from extract.report.reference import JSONSCHEMABENCH, TEST_SUITE_COVERAGE, TEST_SUITE_ENGINES, best_published
 
-__all__ = ["CORPUS_SCHEMA", "PLOTS", "PROVENANCE", "load_rows", "models_of", "provenance_of", "render", "summarise"]
+__all__ = ["CORPUS_SCHEMA", "PLOTS", "PROVENANCE", "load_rows", "models_of", "provenance_lines", "provenance_of",
+           "render", "stale_text", "summarise"]
 
 # The ``schema`` a run records when every row brings its own schema (a schema corpus).
 CORPUS_SCHEMA = "(row schema)"
@@ -382,7 +383,7 @@ def _failure_details(figures: Sequence[RunFigures]) -> str:
     return "".join(blocks)
 
 
-def _provenance_lines(prov: Mapping[str, Any]) -> list[str]:
+def provenance_lines(prov: Mapping[str, Any]) -> list[str]:
     """Plain sentences: the draw, the code and the models behind the figures."""
     lines = []
     if not prov.get("recorded"):
@@ -396,7 +397,8 @@ def _provenance_lines(prov: Mapping[str, Any]) -> list[str]:
             commit = str(part.get("git_commit") or "unknown")[:12]
             dirty = " (with uncommitted changes)" if part.get("git_dirty") else ""
             prompts = ", ".join(f"{k} {v}" for k, v in (part.get("prompts") or {}).items())
-            lines.append(f"Part {n}: commit {commit}{dirty}; prompts {prompts}; started {part.get('started')}, "
+            served = f"; server model {part['server_model']}" if part.get("server_model") else ""
+            lines.append(f"Part {n}: commit {commit}{dirty}; prompts {prompts}{served}; started {part.get('started')}, "
                          f"finished {part.get('finished') or 'not (killed or running)'}; "
                          f"command: {part.get('command') or '–'}")
     lines.append("Prompt versions on the attempts: " + (", ".join(prov.get("prompt_versions", [])) or "none"))
@@ -408,7 +410,7 @@ def _provenance_lines(prov: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _stale_text(prov: Mapping[str, Any], command: str | None) -> str | None:
+def stale_text(prov: Mapping[str, Any], command: str | None) -> str | None:
     if not prov.get("stale"):
         return None
     old = ", ".join(v for v in prov.get("prompt_versions", []) if v not in prov.get("current_prompts", []))
@@ -554,8 +556,8 @@ def render(out: Path, *, command: str | None = None,
     plots = _plots(runs, figures, out) if runs else []
     if command is None and (out / "command.txt").exists():
         command = " && ".join((out / "command.txt").read_text(encoding="utf-8").split("\n")).strip(" &")
-    stale = _stale_text(prov, command)
-    prov_lines = _provenance_lines(prov)
+    stale = stale_text(prov, command)
+    prov_lines = provenance_lines(prov)
 
     headline = [_headline_cells(i, r) for i, r in _headline_runs(runs)]
     run_rows = [_run_cells(i, r) for i, r in enumerate(runs)]
