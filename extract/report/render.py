@@ -414,7 +414,8 @@ def stale_text(prov: Mapping[str, Any], command: str | None) -> str | None:
     if not prov.get("stale"):
         return None
     old = ", ".join(v for v in prov.get("prompt_versions", []) if v not in prov.get("current_prompts", []))
-    again = f" Regenerate it into a new folder: {command}" if command else " Regenerate it with extract bench."
+    again = (f" Regenerate it with its command, given a new --out folder: {command}" if command
+             else " Regenerate it with extract bench into a new folder.")
     return (f"Stale: these figures were produced by prompt {old}; the code now has "
             f"{', '.join(prov.get('current_prompts', []))}. They do not describe today's code.{again}")
 
