@@ -115,3 +115,36 @@ def test_empirical_coverage_counts_the_full_schema_verdict_not_the_chains() -> N
     assert fig["empirical_coverage_generated"] == 0.0  # B needed a repair
     assert fig["schema_checked"] and fig["witnessed"] == 2
     assert set(group_items(rows)) == {tuple(RUN.values())}
+
+
+def test_a_remote_ref_is_never_fetched() -> None:
+    """A real loopback server holds the referenced schema; validation must not ask it for it."""
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = b'{"type": "integer"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/integer.json"
+        assert not instance_valid(1, {"$ref": url})  # not resolvable offline: not covered
+        assert asked == []
+        assert instance_valid({}, {"$ref": "https://json-schema.org/draft/2020-12/schema"})  # bundled
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -202,10 +202,31 @@ def bootstrap_interval(
     return lo, hi
 
 
+class _Offline:
+    """A ``referencing`` registry that never fetches: jsonschema's default retrieves a remote
+    ``$ref`` over HTTP (a benchmark must not reach the network, nor depend on it). A schema
+    whose instance needs a remote document is not validated: that counts as not covered."""
+
+    def registry(self) -> Any:
+        from jsonschema_specifications import REGISTRY as SPECIFICATIONS
+        from referencing import Registry
+        from referencing.exceptions import NoSuchResource
+
+        def refuse(uri: str) -> Any:
+            raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+        # The drafts' own meta-schemas stay resolvable, as in jsonschema's default.
+        return SPECIFICATIONS.combine(Registry(retrieve=refuse))  # type: ignore[call-arg]
+
+
+_OFFLINE = _Offline()
+
+
 def instance_valid(instance: Any, schema: Any) -> bool:
     """Whether ``instance`` validates against the whole ``schema`` (its own ``$schema`` draft,
-    2020-12 when it names none, formats checked), as JSONSchemaBench's evaluator decides it.
-    A schema that is itself invalid validates nothing."""
+    2020-12 when it names none, formats checked), as JSONSchemaBench's evaluator decides it,
+    except that a remote ``$ref`` is never fetched. A schema that is itself invalid, or whose
+    remote references cannot be resolved offline, validates nothing."""
     import jsonschema
     from jsonschema.validators import validator_for
 
@@ -214,7 +235,7 @@ def instance_valid(instance: Any, schema: Any) -> bool:
     cls = validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         cls.check_schema(schema)
-        validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+        validator = cls(schema, format_checker=cls.FORMAT_CHECKER, registry=_OFFLINE.registry())
         return bool(validator.is_valid(instance))
     except Exception:  # a schema error, an unresolvable $ref: not a valid instance, as theirs
         return False
