@@ -148,3 +148,15 @@ def test_a_remote_ref_is_never_fetched() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_crash_counts_against_the_code_not_as_bad_input() -> None:
+    rows = [r for r in hand_made_rows() if r["item"] in ("A", "E")]
+    crash = {**next(r for r in rows if r["item"] == "E"), "item": "F"}
+    crash["error"] = {"type": "bad_row", "message": "row 6: KeyError: 'x'",
+                      "details": [{"line": 6, "exception": "KeyError"}]}
+    (run,) = aggregate([*rows, crash])
+    fig = run.to_json()
+    assert fig["n"] == 2 and fig["ran"] == 2 and fig["bad_rows"] == 1  # A and F ran; E is bad input
+    assert fig["failures"] == {"bad_row": 1, "crashed": 1}
+    assert fig["schema_valid_after_repair"] == pytest.approx(1 / 2)

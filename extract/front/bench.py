@@ -195,14 +195,16 @@ def item_rows(run: BenchRun, policy: str, extractor: Extractor | None, unavailab
     rows = _item_rows(run, policy, extractor, unavailable, item)
     row = item.row
     last = rows[-1]
-    if isinstance(row, dict) and "text" not in row and "schema" in row and not _is_bad(last):
+    if isinstance(row, dict) and "text" not in row and "schema" in row and not _is_bad_input(last):
         last["item_schema_valid"] = bool(last.get("item_ok")) and instance_valid(last.get("item_value"), row["schema"])
         last["item_witness"] = _witnessed(row)
     return rows
 
 
-def _is_bad(row: Mapping[str, Any]) -> bool:
-    return (row.get("error") or {}).get("type") == "bad_row"
+def _is_bad_input(row: Mapping[str, Any]) -> bool:
+    """A ``bad_row`` that is the input's fault; one naming an exception is a crash of ours."""
+    error = row.get("error") or {}
+    return error.get("type") == "bad_row" and not any("exception" in d for d in error.get("details") or [])
 
 
 def _item_rows(run: BenchRun, policy: str, extractor: Extractor | None, unavailable: list[Attempt],

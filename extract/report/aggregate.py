@@ -13,6 +13,8 @@ The definitions, once (the DESIGN's, made exact):
 - *valid as generated*: an attempt with no error, not skipped, not ``repaired``;
 - *valid after repair*: an attempt with no error, repaired or not;
 - *valid JSON*: an attempt that reached a model and whose ``raw`` parses as JSON as it is;
+- an item whose extraction raised (a ``bad_row`` naming the exception) *crashed*: it ran and
+  failed, and counts in every rate, unlike bad input;
 - *skipped* attempts (``unavailable``, ``unsupported``) are counted apart: they are not
   failures of generation, and an item whose every tier refused its schema is a
   compile-coverage failure;
@@ -227,7 +229,16 @@ class ItemOutcome:
 
     @property
     def bad(self) -> bool:
-        return any((r.get("error") or {}).get("type") == "bad_row" for r in self.rows)
+        """Bad input (a row without text, a schema that does not load): counted apart."""
+        return not self.crashed and any((r.get("error") or {}).get("type") == "bad_row" for r in self.rows)
+
+    @property
+    def crashed(self) -> bool:
+        """The extraction raised (the benchmark records the exception's name): a failure of the
+        code under test, counted against it like any other failure, never as bad input."""
+        return any((r.get("error") or {}).get("type") == "bad_row"
+                   and any("exception" in d for d in (r.get("error") or {}).get("details") or [])
+                   for r in self.rows)
 
     @property
     def ok(self) -> bool:
@@ -235,7 +246,7 @@ class ItemOutcome:
 
     @property
     def all_skipped(self) -> bool:
-        return all(r.get("skipped") for r in self.rows)
+        return not self.crashed and all(r.get("skipped") for r in self.rows)
 
     @property
     def unsupported(self) -> bool:
@@ -262,6 +273,8 @@ class ItemOutcome:
         every tier was skipped."""
         if self.bad:
             return "bad_row"
+        if self.crashed:
+            return "crashed"
         if self.all_skipped:
             kinds = [str((r.get("error") or {}).get("type") or "skipped") for r in self.rows]
             return "unsupported" if self.unsupported else kinds[0]
@@ -305,6 +318,11 @@ class RunFigures:
     def add_item(self, outcome: ItemOutcome) -> None:
         self.items.append(outcome)
         if outcome.bad:
+            return
+        if outcome.crashed:
+            tier = self.tiers.setdefault(self.policy, TierFigures(self.policy))
+            tier.attempts += 1
+            tier.failures["crashed"] += 1
             return
         for row in outcome.rows:
             name = str(row.get("tier") or self.policy)
