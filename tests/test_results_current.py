@@ -19,8 +19,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 from extract.front.bench import current_prompts
 from extract.report import load_rows, render
 from tests.conftest import REPO
@@ -80,29 +78,37 @@ def test_every_result_presented_as_current_was_made_by_todays_prompts() -> None:
     )
 
 
-def test_a_mention_is_historical_only_where_it_says_so() -> None:
-    # The rule the test above relies on, checked on the real documents: the committed
-    # 2026-11-26 run (prompt extract-v1) is cited, and cited only as historical.
-    assert prompt_versions(RESULTS / "2026-11-26") == {"extract-v1"}
-    cited = [text for _, text in _blocks() if "benchmarks/results/2026-11-26" in text]
-    assert cited and all("historical" in text.lower() for text in cited)
+def test_every_committed_stale_page_says_so() -> None:
+    """A committed report page whose rows were written by a prompt the code no longer has opens
+    with the stale banner (``extract report DIR`` re-renders it so)."""
+    current = set(current_prompts().values())
+    pages = [f for f in sorted(RESULTS.iterdir()) if (f / "report.html").exists() and (f / "attempts.jsonl").exists()]
+    assert pages, "no committed report to check"
+    for folder in pages:
+        stale = bool(prompt_versions(folder) - current)
+        page = (folder / "report.html").read_text(encoding="utf-8")
+        assert ('class="stale"' in page) == stale, f"{folder.name}: stale={stale} but the page says otherwise"
 
 
-@pytest.mark.parametrize("folder", ["2026-11-26"])
-def test_a_stale_committed_report_says_so_at_the_top(folder: str, tmp_path: Path) -> None:
-    """Rendered against today's prompt versions, the old run's page opens with the stale banner
-    and the command to regenerate it; its provenance says it was not recorded, never invented."""
-    out = tmp_path / folder
-    out.mkdir()
-    for name in ("attempts.jsonl", "command.txt"):
-        (out / name).write_bytes((RESULTS / folder / name).read_bytes())
-    summary = render(out, current_prompts=current_prompts())
+def test_a_stale_report_says_so_at_the_top(tmp_path: Path) -> None:
+    """Rows written by an old prompt, rendered against today's prompt versions: the page opens
+    with the stale banner and the command to regenerate; the provenance says it was not
+    recorded, never invented."""
+    from tests.test_report import hand_made_rows
+
+    rows = [{**r, "prompt_version": "extract-v0"} if r.get("prompt_version") else r for r in hand_made_rows()]
+    rows[0]["prompt_version"] = "extract-v0"
+    (tmp_path / "attempts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "command.txt").write_text("extract bench --data d.jsonl --policy chain --out OLD\n", encoding="utf-8")
+    summary = render(tmp_path, current_prompts=current_prompts())
     prov = summary["provenance"]
-    assert prov["stale"] is True and prov["recorded"] is False and prov["prompt_versions"] == ["extract-v1"]
-    page = (out / "report.html").read_text(encoding="utf-8")
+    assert prov["stale"] is True and prov["recorded"] is False and prov["prompt_versions"] == ["extract-v0"]
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
     banner = page.index('class="stale"')
     assert banner < page.index("<h2>")  # before any figure
-    assert "extract-v1" in page[banner:banner + 400] and "extract bench" in page[banner:banner + 600]
-    # The committed page is the one rendered this way: it carries the same banner.
-    committed = (RESULTS / folder / "report.html").read_text(encoding="utf-8")
-    assert 'class="stale"' in committed
+    text = page[banner:page.index("</p>", banner)]
+    assert "extract-v0" in text and "extract bench --data d.jsonl" in text
+    # The same rows under the same prompt versions: no banner.
+    fresh = render(tmp_path, current_prompts={"extract": "extract-v0"})
+    assert fresh["provenance"]["stale"] is False
+    assert 'class="stale"' not in (tmp_path / "report.html").read_text(encoding="utf-8")
