@@ -429,7 +429,7 @@ img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
 .note{color:#555;font-size:13px} .stale{background:#fde2e1;border:2px solid #c0392b;padding:.7em 1em;
 font-weight:600;color:#7b1d14} td.n{white-space:nowrap} .ci{color:#777;font-size:11px}
 .prov{font-size:13px;color:#333;background:#f4f6f8;padding:.4em .8em;border-left:3px solid #4c72b0}
-details{margin:.3em 0;font-size:13px} pre{white-space:pre-wrap;
+details{margin:.3em 0;font-size:13px} pre{white-space:pre-wrap;word-break:break-all;
 background:#f7f7f7;padding:.4em;max-height:16em;overflow:auto;font-size:12px}
 """
 # Click a header to sort its table by that column (numbers by their value), again to reverse.
