@@ -10,7 +10,9 @@ records and prints one row per (dataset, policy):
 - ``calls/ok`` and ``tok/ok``: model calls and tokens spent per valid result, failed
   attempts (Instructor's reasks, earlier tiers) included;
 - ``p50 s`` / ``p95 s``: wall time per extraction;
-- ``F1``: field-level F1 against the gold spans (normalised: case, spaces, edge punctuation);
+- ``valid%``/``+repair%`` and ``F1`` carry their 95% intervals (Wilson; bootstrap over records);
+- ``F1``: micro field F1 against the gold spans, as ``extract.report.scoring`` defines it for
+  every benchmark and the report (normalised: case, spaces, edge punctuation);
 - ``failures``: the causes of the extractions that produced nothing.
 
 The figures come from ``extract.report`` (the same arithmetic as ``extract bench``, which is
@@ -53,8 +55,6 @@ POLICIES: dict[str, list[str]] = {
     "local": ["local"],
     "chain": ["native", "instructor", "local"],
 }
-# Attempts that never reached a model: not counted as calls.
-_NO_CALL = {"breaker_open", "deadline", "unavailable", "unsupported"}
 
 
 @dataclass
@@ -161,16 +161,17 @@ def table(rows: list[dict[str, Any]]) -> str:
     header = ["dataset", "policy", "n", "valid%", "+repair%", "calls/ok", "tok/ok", "p50 s", "p95 s", "F1",
               "failures"]
 
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.0f}"
+    def pct(f: dict[str, Any], key: str) -> str:
+        x, ci = f[key], f["ci95"].get(key)
+        return "-" if x is None else f"{100 * x:.0f}" + (f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]" if ci else "")
 
-    def num(x: float | None, digits: int) -> str:
-        return "-" if x is None else f"{x:.{digits}f}"
+    def num(x: float | None, digits: int, ci: list[float] | None = None) -> str:
+        return "-" if x is None else f"{x:.{digits}f}" + (f" [{ci[0]:.{digits}f}-{ci[1]:.{digits}f}]" if ci else "")
 
     lines = [header] + [
-        [f["data"], f["policy"], str(f["n"]), pct(f["schema_valid_generated"]), pct(f["schema_valid_after_repair"]),
+        [f["data"], f["policy"], str(f["n"]), pct(f, "schema_valid_generated"), pct(f, "schema_valid_after_repair"),
          num(f["calls_per_valid"], 1), num(f["tokens_per_valid"], 0), num(f["latency_p50_s"], 2),
-         num(f["latency_p95_s"], 2), num(f["field_f1"], 2),
+         num(f["latency_p95_s"], 2), num(f["field_f1"], 2, f["ci95"].get("field_f1")),
          ", ".join(f"{k} {v}" for k, v in sorted(f["failures"].items(), key=lambda kv: -kv[1])[:3]) or "-"]
         for f in figures
     ]
