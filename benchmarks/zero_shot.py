@@ -18,7 +18,7 @@ A lever is a set of Extractor options on top of the project's defaults (``defaul
 defaults as shipped, so its row is what a user gets). Each row of ``OUT/rows.jsonl`` is one
 record: the predicted and gold answers in the variant's shape, the field counts, validity,
 tokens and seconds; re-running skips what is done. Field F1 is micro over the variant's
-mapped leaf fields (``extract.report.aggregate.field_counts``: case, whitespace and edge
+mapped leaf fields (``extract.report.scoring.field_counts``: case, whitespace and edge
 punctuation do not count); exact match is every mapped field right and nothing extra.
 """
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from schema_variants import VARIANTS, Variant, gold_for  # noqa: E402
 
 from extract import Extractor  # noqa: E402
-from extract.report.aggregate import field_counts, leaves  # noqa: E402
+from extract.report.scoring import field_counts, leaves  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 FILES = {"usaddress": "usaddress/dev.jsonl", "snips": "snips/dev.jsonl", "citations": "citations/dev.jsonl"}
