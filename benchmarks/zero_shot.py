@@ -50,18 +50,15 @@ REPORT_ROWS = 100
 LEVERS: dict[str, dict[str, Any]] = {
     "default": {},
     "nocopy": {"copy_from_input": False},
-    "copy": {"copy_from_input": True},
-    "copy-disjoint": {"copy_from_input": True, "span_reuse": "disjoint"},
     "copy-allow": {"copy_from_input": True, "span_reuse": "allow"},
-    "copy-distinct": {"copy_from_input": True, "span_reuse": "distinct"},
-    "copy-pen2": {"copy_from_input": True, "null_penalty": 2.0},
-    "copy-noshape": {"copy_from_input": True, "infer_shapes": False},
+    "copy-disjoint": {"copy_from_input": True, "span_reuse": "disjoint"},
     "copy-allow-noshape": {"copy_from_input": True, "span_reuse": "allow", "infer_shapes": False},
-    "copy-order-allow": {"copy_from_input": True, "copy_in_order": True, "span_reuse": "allow"},
-    "copy-order": {"copy_from_input": True, "copy_in_order": True},
-    "copy-nopenalty": {"copy_from_input": True, "null_penalty": 0.0},
-    "copy-optkeys": {"copy_from_input": True, "all_keys": False},
-    "nocopy-nopenalty": {"copy_from_input": False, "null_penalty": 0.0},
+    "copy-disjoint-noshape": {"copy_from_input": True, "span_reuse": "disjoint", "infer_shapes": False},
+    "copy-distinct-noshape": {"copy_from_input": True, "span_reuse": "distinct", "infer_shapes": False},
+    "copy-disjoint-pen2-noshape": {"copy_from_input": True, "span_reuse": "disjoint", "infer_shapes": False,
+                                   "null_penalty": 2.0},
+    "copy-order-allow-noshape": {"copy_from_input": True, "copy_in_order": True, "span_reuse": "allow",
+                                 "infer_shapes": False},
 }
 
 
@@ -113,6 +110,7 @@ def record(extractor: Extractor, variant: Variant, lever: str, which: str, row: 
         "lever": lever, "rows": which, "id": row["id"], "text": row["text"],
         "pred": pred, "gold": gold, "tp": tp, "fp": fp, "fn": fn,
         "valid": result.ok, "tier": result.tier,
+        "prompt_version": result.attempts[-1].prompt_version if result.attempts else None,
         "tokens": usage.input_tokens + usage.output_tokens, "output_tokens": usage.output_tokens,
         "seconds": round(seconds, 3),
         "raw": result.attempts[-1].raw if result.attempts else None,
