@@ -21,7 +21,8 @@ the full benchmark: every policy, schema corpora, resumable, with plots and an H
 ``--datasets grammar,regex`` adds the grammar/regex rows (own table): the shipped Lark grammars
 (``grammars/*.lark``) on short hand-written requests, and a ZIP-code regex on US addresses,
 per tier: parsed (or fully matched) on the first call, at all, calls and tokens per parsed
-result (a grammar rung's one-off probe call included; its tokens are in the attempt's usage), p50 wall time.
+result (a grammar rung's one-off probe call included; its tokens are in the attempt's usage), p50 wall time,
+and the parsed results that needed a repair (``cut_runaway``: a loop cut at the token limit).
 
 The remote tiers talk to llama-cpp-python's server on the embedded model, started here on a
 free loopback port (or ``--base-url``); ``--fault-rate`` puts the fault proxy in between.
@@ -126,12 +127,13 @@ def grammar_table(results: list[tuple[str, str, Any, float, str]]) -> str:
         if not result.ok:
             missed.append(f"{dataset}/{policy}/{item}")
     lines = ["| dataset | policy | n | parsed 1st call % | parsed % | calls/parsed | tok/parsed | p50 s | modes "
-             "| failed calls |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| failed calls | repaired |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (dataset, policy), items in groups.items():
         n = len(items)
         calls = tokens = parsed = first = 0
         modes: dict[str, int] = {}
         failed: dict[str, int] = {}
+        repaired: dict[str, int] = {}  # parsed results not valid as generated, by repair
         for result, _ in items:
             made = [a for a in result.attempts if not a.skipped]
             probes = [p for a in made for p in a.meta.get("probes", [])]
@@ -139,6 +141,10 @@ def grammar_table(results: list[tuple[str, str, Any, float, str]]) -> str:
             tokens += sum(a.usage.total_tokens or a.usage.input_tokens + a.usage.output_tokens for a in made)
             parsed += bool(result.ok)
             first += bool(made) and made[0].ok
+            winner = next((a for a in made if a.ok), None)
+            if winner is not None and winner.repaired:
+                for step in winner.repairs or ["?"]:
+                    repaired[step] = repaired.get(step, 0) + 1
             for a in made:
                 mode = str(a.meta.get("mode", a.tier))
                 modes[mode] = modes.get(mode, 0) + 1
@@ -149,7 +155,8 @@ def grammar_table(results: list[tuple[str, str, Any, float, str]]) -> str:
         per_token = f"{tokens / parsed:.1f}" if parsed else "-"
         lines.append(f"| {dataset} | {policy} | {n} | {100 * first / n:.0f} | {100 * parsed / n:.0f} | {per_call} "
                      f"| {per_token} | {p50:.2f} | {', '.join(f'{k} {v}' for k, v in sorted(modes.items()))} "
-                     f"| {', '.join(f'{k} {v}' for k, v in sorted(failed.items())) or '-'} |")
+                     f"| {', '.join(f'{k} {v}' for k, v in sorted(failed.items())) or '-'} "
+                     f"| {', '.join(f'{k} {v}' for k, v in sorted(repaired.items())) or '-'} |")
     if missed:
         lines.append(f"\nnot parsed: {', '.join(missed)}")
     return "\n".join(lines)
