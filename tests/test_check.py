@@ -282,3 +282,17 @@ def test_parse_output_refuses_what_is_not_a_spec() -> None:
 
     with pytest.raises(ConfigError, match="a spec must be"):
         parse_output("{}", "not a spec")
+
+
+def test_a_fragment_into_a_remote_ref_is_checked_as_far_as_it_can_be_not_raised() -> None:
+    """Offline, a remote document reads as ``{}``; a ``$ref`` into it used to raise
+    ``PointerToNowhere`` out of ``Extractor.run`` (JSON Schema Test Suite, refRemote.json)."""
+    from extract import parse_output
+
+    schema = {"type": "object", "properties": {
+        "n": {"$ref": "http://localhost:1234/draft2020-12/subSchemas.json#/$defs/integer"},
+        "name": {"type": "string"}}, "required": ["name"]}
+    spec = compile_spec(schema)
+    assert parse_output('{"n": 1, "name": "x"}', spec).error is None
+    bad = parse_output('{"n": 1}', spec).error
+    assert bad is not None and bad.type == "schema_violation"
