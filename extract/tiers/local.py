@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from extract.errors import ConfigError, UnsupportedSchema
-from extract.providers.local_model import Constraint, LocalModel, embedded_model_path, file_digest, load_local_model
+from extract.providers.local_model import (
+    Constraint,
+    LocalModel,
+    batch_engine,
+    embedded_model_path,
+    file_digest,
+    load_local_model,
+)
 from extract.settings import Settings
 from extract.spec import Spec, ensure_supported, local_constraint
 from extract.spec.compile import checked_after
@@ -186,8 +193,12 @@ class LocalTier:
         prefix = shared_prefix(model.render, spec, task.examples)
         if not prompt.startswith(prefix):
             prefix = ""  # an example order this prompt does not follow: no shared prefix to reuse
-        gen = await loop.run_in_executor(
-            model.executor, model.generate, prompt, grammar, budget, penalty, prefix)
+        engine = batch_engine(model, self.settings)
+        if engine is not None:  # decoded in one batch with the other extractions in flight
+            gen = await engine.generate(prompt, grammar, budget, penalty, prefix)
+        else:
+            gen = await loop.run_in_executor(
+                model.executor, model.generate, prompt, grammar, budget, penalty, prefix)
         truncated = gen.finish_reason == "length"
         checked = check(gen.text, spec, truncated=truncated)
         error = checked.error
