@@ -43,9 +43,14 @@ __all__ = ["BatchEngine", "default_slots", "engine_for"]
 
 # Tokens one llama_decode may hold (llama-cpp-python's own n_batch default).
 BATCH_TOKENS = 512
-# A step of fewer tokens than this runs on the decode thread count (one, for the embedded model);
-# above it prompt arithmetic dominates and every core helps. Measured in benchmarks/throughput.py.
-THREADED_STEP_TOKENS = 8
+# KV cells of one sequence's stream; a longer document decodes alone on the model's own context.
+SEQUENCE_CELLS = 2048
+# A step of fewer tokens than this is decode work and runs on the decode thread count (one, for
+# the embedded model), as _generate_fast runs its steps; a larger one is mostly prompt and
+# runs on every core, as _generate_fast evaluates a prompt. Measured on 2 busy cores: a step
+# of 8 tokens took 9 ms a token on one thread against 17 ms for a lone token, and seconds on
+# two threads while other processes held the cores (OpenMP's passive waiting).
+THREADED_STEP_TOKENS = 64
 
 
 def default_slots(cores: int | None) -> int:
@@ -72,7 +77,6 @@ class _Sequence:
     request: _Request
     slot: int
     steps: Generator[list[int], Any, Generation]
-    cells: int  # KV cells reserved for its own tokens (prompt after the prefix, plus the budget)
     prefix: tuple[int, ...]
     pending: list[int]
     pos: int
@@ -88,17 +92,18 @@ class BatchEngine:
 
         self.model = model
         self.slots = slots
-        self.prefix_seq = slots  # the sequence that holds the shared prefix
         llm = model.llm
         # Same parameters as the model's own context (KV type, attention kernel, threads), so
-        # a value decoded here matches one decoded there; only the shape differs. Every
-        # document that fits the model's context fits here alone (cells >= n_ctx + prefix).
+        # a value decoded here matches one decoded there; only the shape differs. One KV
+        # stream per sequence: in a unified cache every token attends over every sequence's
+        # cells (masked), and a step of 8 tokens cost 8x one (measured, embedded model, the
+        # CPU's arithmetic is the limit); per-stream attention costs what it costs alone.
         params = type(llm.context_params).from_buffer_copy(llm.context_params)
-        self.cells = 2 * model.n_ctx
-        params.n_ctx = self.cells
+        self.seq_cells = min(model.n_ctx, SEQUENCE_CELLS)
+        params.n_ctx = self.seq_cells * slots
         params.n_batch = params.n_ubatch = BATCH_TOKENS
-        params.n_seq_max = slots + 1
-        params.kv_unified = True  # one buffer: the prefix's cells are shared, not copied
+        params.n_seq_max = slots
+        params.kv_unified = False
         self._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
         self._mem = llama_cpp.llama_get_memory(self._ctx.ctx)
@@ -107,7 +112,10 @@ class BatchEngine:
         self._waiting: collections.deque[_Request] = collections.deque()
         self._active: dict[int, _Sequence] = {}
         self._running = False
-        self._held: tuple[int, ...] = ()  # the prefix in prefix_seq
+        # The shared prefix's KV state (from the prefix store or evaluated once), put into a
+        # slot's sequence with llama_state_seq_set_data; and the prefix each slot still holds.
+        self._prefix: tuple[tuple[int, ...], bytes] | None = None
+        self._slot_prefix: dict[int, tuple[int, ...]] = {}
         self.steps = 0  # llama_decode calls, for the benchmark
         self.closed = False
 
@@ -172,77 +180,77 @@ class BatchEngine:
                 _settle(request.future, exc)
             raise
 
-    def _used_cells(self) -> int:
-        prefixes = {seq.prefix for seq in self._active.values()} | {self._held}
-        return sum(map(len, prefixes)) + sum(seq.cells for seq in self._active.values())
-
     def _drop_cancelled(self) -> None:
         for seq in list(self._active.values()):
             if seq.request.future.cancelled():
                 self._release(seq, None)
 
     def _admit(self) -> None:
-        """Start waiting requests while a slot and room in the KV cache are free."""
+        """Start waiting requests while a slot is free."""
+        import llama_cpp
+
         model = self.model
         while len(self._active) < self.slots:
             with self._lock:
                 if not self._waiting:
                     return
-                request = self._waiting[0]
-                slot: int | None = None
-                if request.future.cancelled():
-                    self._waiting.popleft()
-                    continue
+                request = self._waiting.popleft()
+            if request.future.cancelled():
+                continue
+            slot: int | None = None
             try:
                 tokens = model._tokenize(request.prompt)
                 if len(tokens) + 1 > model.n_ctx:
                     raise ConfigError(
                         f"the prompt has {len(tokens)} tokens, more than the context of {model.n_ctx}")
                 max_tokens = min(request.max_tokens, model.n_ctx - len(tokens))
+                if len(tokens) + max_tokens > self.seq_cells:
+                    # Longer than a slot's stream: decoded alone on the model's own context
+                    # (it fits there; the batch waits for this one document).
+                    _answer(request.future, model.generate(
+                        request.prompt, request.grammar, request.max_tokens, request.null_penalty, request.prefix))
+                    continue
                 prefix = tuple(tokens[: model._prefix_length(tokens, request.prefix)])
-                cells = len(tokens) - len(prefix) + max_tokens
-                if self._active and self._used_cells() + cells + len(prefix) > self.cells:
-                    return  # wait for a sequence to finish
-                with self._lock:
-                    self._waiting.popleft()
-                slot = min(set(range(self.slots)) - set(self._active))
-                source = "none"
-                if prefix:
-                    source = self._hold(prefix)
-                    import llama_cpp
-
-                    llama_cpp.llama_memory_seq_cp(self._mem, self.prefix_seq, slot, -1, -1)
-                started = time.perf_counter()
-                steps = self._decode(request, tokens, len(prefix), max_tokens, source, started)
-                seq = _Sequence(request, slot, steps, cells, prefix, next(steps), len(prefix))
-                self._active[slot] = seq
+                free = set(range(self.slots)) - set(self._active)
+                holding = [s for s in free if prefix and self._slot_prefix.get(s) == prefix]
+                slot = min(holding or free)
+                source = self._place_prefix(slot, prefix) if prefix else "none"
+                if not prefix:
+                    llama_cpp.llama_memory_seq_rm(self._mem, slot, -1, -1)
+                    self._slot_prefix.pop(slot, None)
+                steps = self._decode(request, tokens, len(prefix), max_tokens, source, time.perf_counter())
+                self._active[slot] = _Sequence(request, slot, steps, prefix, next(steps), len(prefix))
             except Exception as exc:  # this document's failure, recorded on its own
                 if slot is not None:
-                    import llama_cpp
-
                     llama_cpp.llama_memory_seq_rm(self._mem, slot, -1, -1)
-                with self._lock:
-                    if self._waiting and self._waiting[0] is request:
-                        self._waiting.popleft()
+                    self._slot_prefix.pop(slot, None)
                 _settle(request.future, exc)
 
-    def _hold(self, prefix: tuple[int, ...]) -> str:
-        """Put ``prefix`` into the prefix sequence; says where it came from (as ``_eval_prompt``)."""
+    def _place_prefix(self, slot: int, prefix: tuple[int, ...]) -> str:
+        """Make ``slot``'s sequence exactly ``prefix`` evaluated; says where it came from, as
+        ``_eval_prompt`` does ("memory": this process had it, "disk", "evaluated")."""
         import llama_cpp
 
-        if prefix == self._held:
-            return "memory"
         ctx = self._ctx.ctx
-        llama_cpp.llama_memory_seq_rm(self._mem, self.prefix_seq, -1, -1)
-        self._held = ()
+        if self._slot_prefix.get(slot) == prefix:
+            return "memory"
+        llama_cpp.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        self._slot_prefix.pop(slot, None)
+        source = "memory"
+        state = self._prefix[1] if self._prefix is not None and self._prefix[0] == prefix else None
         store = self.model._prefixes
-        state = store.load(list(prefix)) if store is not None else None
+        if state is None and store is not None:
+            state = store.load(list(prefix))
+            source = "disk"
         if state is not None:
             buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-            if llama_cpp.llama_state_seq_set_data(ctx, buf, len(state), self.prefix_seq) == len(state):
-                self._held = prefix
-                return "disk"
-            llama_cpp.llama_memory_seq_rm(self._mem, self.prefix_seq, -1, -1)
+            if llama_cpp.llama_state_seq_set_data(ctx, buf, len(state), slot) == len(state):
+                self._prefix = (prefix, state)
+                self._slot_prefix[slot] = prefix
+                return source
+            llama_cpp.llama_memory_seq_rm(self._mem, slot, -1, -1)
+            if source == "disk" and store is not None:
+                store.path(list(prefix)).unlink(missing_ok=True)  # another layout: rebuild it
         threads, decode_threads = self.model._threads
         llama_cpp.llama_set_n_threads(ctx, decode_threads, threads)
         for at in range(0, len(prefix), BATCH_TOKENS):
@@ -252,35 +260,47 @@ class BatchEngine:
                 b.token[i] = tok
                 b.pos[i] = at + i
                 b.n_seq_id[i] = 1
-                b.seq_id[i][0] = self.prefix_seq
+                b.seq_id[i][0] = slot
                 b.logits[i] = False
             b.n_tokens = len(chunk)
             if llama_cpp.llama_decode(ctx, b) != 0:
-                llama_cpp.llama_memory_seq_rm(self._mem, self.prefix_seq, -1, -1)
+                llama_cpp.llama_memory_seq_rm(self._mem, slot, -1, -1)
                 raise ProviderError("llama.cpp could not evaluate the shared prefix", endpoint="local")
-        self._held = prefix
-        if store is not None:
-            size = llama_cpp.llama_state_seq_get_size(ctx, self.prefix_seq)
-            buf = (ctypes.c_uint8 * size)()
-            if llama_cpp.llama_state_seq_get_data(ctx, buf, size, self.prefix_seq) == size:
+        size = llama_cpp.llama_state_seq_get_size(ctx, slot)
+        buf = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(ctx, buf, size, slot) == size:
+            self._prefix = (prefix, bytes(buf))
+            if store is not None:
                 with contextlib.suppress(OSError):
-                    store.save(list(prefix), bytes(buf))
+                    store.save(list(prefix), self._prefix[1])
+        self._slot_prefix[slot] = prefix
         return "evaluated"
 
     def _step(self) -> None:
-        """One llama_decode over every active sequence's pending tokens, then each one's choice."""
+        """One llama_decode over the next token of every sequence that has one token to feed,
+        then one per sequence with a run (its prompt, a grammar-forced run).
+
+        Why runs decode apart: a batch whose sequences feed different numbers of tokens is
+        cut by llama.cpp into micro-batches of equal runs per KV stream, and a value then
+        came out different from the same document decoded alone (1 in 16 usaddress
+        documents); with only single tokens together every value matched. On a CPU the
+        arithmetic of a run is the same alone or batched, so little is lost."""
+        singles = sorted((s for s in self._active.values() if len(s.pending) == 1), key=lambda s: s.slot)
+        if singles:
+            self._feed(singles)
+        for seq in sorted(self._active.values(), key=lambda s: s.slot):
+            if len(seq.pending) > 1 and seq not in singles:
+                self._feed([seq])
+
+    def _feed(self, seqs: list[_Sequence]) -> None:
+        """Decode ``seqs``' pending tokens (in slot order, up to a batch) and hand each its logits."""
         import llama_cpp
         import numpy as np
 
         b = self._batch
         n = 0
-        fed: list[_Sequence] = []
-        # Single tokens first: a long prompt chunk must not push a decoding sequence out.
-        for seq in sorted(self._active.values(), key=lambda s: len(s.pending)):
-            room = BATCH_TOKENS - n
-            if room <= 0:
-                break
-            take = seq.pending[:room]
+        for seq in seqs:
+            take = seq.pending[: BATCH_TOKENS - n]
             for i, tok in enumerate(take):
                 b.token[n] = tok
                 b.pos[n] = seq.pos + i
@@ -294,7 +314,6 @@ class BatchEngine:
             if not seq.pending:
                 b.logits[n - 1] = True
                 seq.row = n - 1
-            fed.append(seq)
         b.n_tokens = n
         threads, decode_threads = self.model._threads
         llama_cpp.llama_set_n_threads(self._ctx.ctx, decode_threads,
@@ -304,10 +323,10 @@ class BatchEngine:
         if status != 0:
             error = ProviderError(f"llama_decode failed ({status}) on a batch of {n} tokens",
                                   endpoint="local", transient=True)
-            for seq in fed:
+            for seq in seqs:
                 self._release(seq, error)
             return
-        for seq in fed:
+        for seq in seqs:
             if seq.row < 0:
                 continue
             logits = np.ctypeslib.as_array(
@@ -323,7 +342,10 @@ class BatchEngine:
         """Free the slot (its KV cells) and answer the caller, unless the caller has gone."""
         import llama_cpp
 
-        llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+        # The shared prefix stays in the slot for the next document that starts with it.
+        llama_cpp.llama_memory_seq_rm(self._mem, seq.slot, len(seq.prefix) if seq.prefix else -1, -1)
+        if not seq.prefix:
+            self._slot_prefix.pop(seq.slot, None)
         self._active.pop(seq.slot, None)
         seq.steps.close()
         if error is not None:
@@ -393,6 +415,11 @@ class BatchEngine:
             token_ends=ends,
             token_logprobs=logprobs if matcher is not None else [],
         )
+
+
+def _answer(future: concurrent.futures.Future[Generation], result: Generation) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        future.set_result(result)
 
 
 def _settle(future: concurrent.futures.Future[Generation], error: BaseException) -> None:
