@@ -14,8 +14,8 @@ import pytest
 
 from extract import Extractor, extract_many
 from extract.errors import ConfigError
-from extract.providers.batch_engine import BatchEngine
-from extract.providers.local_model import Constraint, LlamaCppModel, batch_engine, load_local_model
+from extract.providers.batch_engine import BatchEngine, batch_engine
+from extract.providers.local_model import Constraint, LlamaCppModel, load_local_model
 from extract.settings import Settings
 from extract.spec import compile_spec
 from extract.spec.prompt import shared_prefix

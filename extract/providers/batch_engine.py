@@ -17,7 +17,8 @@ loaded from the prefix store) and copied to each new sequence with ``llama_memor
 the KV cache is unified, so the copy only tags the prefix's cells, nothing is evaluated again.
 
 A document that cannot run (too long, a grammar llguidance rejects, a cancelled caller) fails
-or leaves alone; its slot is freed and the others go on. Imports no tier.
+or leaves alone; its slot is freed and the others go on. Imports ``local_model`` (whose
+``_pick`` and prefix store it shares), never a tier.
 """
 
 from __future__ import annotations
@@ -27,19 +28,19 @@ import collections
 import concurrent.futures
 import contextlib
 import ctypes
+import os
 import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from extract.errors import ConfigError, ProviderError
 from extract.providers.decoding import Constraint, Generation
+from extract.providers.local_model import LlamaCppModel, LocalModel
+from extract.settings import Settings
 
-if TYPE_CHECKING:
-    from extract.providers.local_model import LlamaCppModel
-
-__all__ = ["BatchEngine", "default_slots", "engine_for"]
+__all__ = ["BatchEngine", "batch_engine", "default_slots", "engine_for"]
 
 # Tokens one llama_decode may hold (llama-cpp-python's own n_batch default).
 BATCH_TOKENS = 512
@@ -429,6 +430,16 @@ def _settle(future: concurrent.futures.Future[Generation], error: BaseException)
 
 _ENGINES: dict[tuple[int, int], BatchEngine] = {}
 _ENGINES_LOCK = threading.Lock()
+
+
+def batch_engine(model: LocalModel, settings: Settings) -> BatchEngine | None:
+    """The engine that decodes ``model``'s concurrent extractions in one batch (one per model
+    and slot count in a process), or None where each decodes alone: ``local_slots=1``, the
+    outlines decoder, the transformers backend."""
+    if not isinstance(model, LlamaCppModel) or settings.decoder != "fast":
+        return None
+    slots = settings.local_slots or default_slots(settings.n_threads or os.cpu_count())
+    return engine_for(model, slots) if slots > 1 else None
 
 
 def engine_for(model: LlamaCppModel, slots: int) -> BatchEngine:

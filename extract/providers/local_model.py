@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from extract.errors import ConfigError, ProviderError
 from extract.providers.decoding import Constraint, Generation, file_digest, outlines_processor
@@ -36,15 +36,11 @@ from extract.providers.prefix_cache import PrefixStore
 from extract.settings import Settings
 from extract.types import ModelInfo
 
-if TYPE_CHECKING:
-    from extract.providers.batch_engine import BatchEngine
-
 __all__ = [
     "EMBEDDED_MODEL_FILE",
     "Constraint",
     "Generation",
     "LocalModel",
-    "batch_engine",
     "check_gguf",
     "embedded_model_path",
     "file_digest",
@@ -705,18 +701,6 @@ def load_local_model(settings: Settings) -> LocalModel:
                 model = LlamaCppModel(path, settings)
             _REGISTRY[key] = model
     return model
-
-
-def batch_engine(model: LocalModel, settings: Settings) -> BatchEngine | None:
-    """The engine that decodes ``model``'s concurrent extractions in one batch (one per model
-    and slot count in a process), or None where each decodes alone: ``local_slots=1``, the
-    outlines decoder, the transformers backend."""
-    if not isinstance(model, LlamaCppModel) or settings.decoder != "fast":
-        return None
-    from extract.providers.batch_engine import default_slots, engine_for
-
-    slots = settings.local_slots or default_slots(settings.n_threads or os.cpu_count())
-    return engine_for(model, slots) if slots > 1 else None
 
 
 def loaded_models() -> list[LocalModel]:

@@ -17,14 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from extract.errors import ConfigError, UnsupportedSchema
-from extract.providers.local_model import (
-    Constraint,
-    LocalModel,
-    batch_engine,
-    embedded_model_path,
-    file_digest,
-    load_local_model,
-)
+from extract.providers.batch_engine import batch_engine
+from extract.providers.local_model import Constraint, LocalModel, embedded_model_path, file_digest, load_local_model
 from extract.settings import Settings
 from extract.spec import Spec, ensure_supported, local_constraint
 from extract.spec.compile import checked_after
