@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> None:
 
 def table(out: Path) -> str:
     """The markdown table of every (dataset, policy) in ``out/attempts.jsonl``."""
-    lines = ["| data | tier:config | n | field F1 | exact | schema-valid | tokens/rec | s/rec |",
+    lines = ["| data | tier:config | n | field F1 [95%] | exact [95%] | schema-valid | tokens/rec | s/rec |",
              "|---|---|---|---|---|---|---|---|"]
     for fig in aggregate(load_rows(out / "attempts.jsonl")):
         j = fig.to_json()
@@ -218,11 +218,13 @@ def table(out: Path) -> str:
         secs = sum(float(o.last.get("item_latency_s") or 0.0) for o in ran)
         n = max(1, len(ran))
 
-        def f(v: Any) -> str:
-            return "–" if v is None else f"{v:.2f}"
+        def f(key: str, j: dict[str, Any] = j) -> str:
+            # The report's figures and intervals (extract.report.scoring), not a second F1.
+            v, ci = j[key], j["ci95"].get(key)
+            return "–" if v is None else f"{v:.2f}" + (f" [{ci[0]:.2f}–{ci[1]:.2f}]" if ci else "")
 
-        lines.append(f"| {j['data'].split('/')[0]} | {j['policy']} | {j['n']} | {f(j['field_f1'])} | "
-                     f"{f(j['exact_match'])} | {100 * (j['schema_valid_after_repair'] or 0):.0f}% | "
+        lines.append(f"| {j['data'].split('/')[0]} | {j['policy']} | {j['n']} | {f('field_f1')} | "
+                     f"{f('exact_match')} | {100 * (j['schema_valid_after_repair'] or 0):.0f}% | "
                      f"{tokens / n:.0f} | {secs / n:.2f} |")
     return "\n".join(lines)
 

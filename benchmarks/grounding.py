@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ablation import FILES, _gold, options_for, pool_for, spec_for, split  # noqa: E402
 from extract import Extractor  # noqa: E402
-from extract.report.aggregate import _matches  # noqa: E402
 from extract.report.confidence import auroc, expected_calibration_error, precision_at_coverage  # noqa: E402
+from extract.report.scoring import matches  # noqa: E402
 from extract.spec import compile_spec  # noqa: E402
 from extract.spec.prompt import PROMPT_VERSION  # noqa: E402
 from extract.validate.calibration import Calibration  # noqa: E402
@@ -90,7 +90,7 @@ def judged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for f in row["fields"]:
             key = f["path"].lstrip("/").split("/")[0]
             gold = row["gold"].get(key)
-            right = gold is not None and _matches(f["value"], gold)
+            right = gold is not None and matches(f["value"], gold)
             spans = [tuple(s) for s in f["spans"]]
             read = [text[a:b] for a, b in spans]
             value = str(f["value"])

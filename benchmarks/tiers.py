@@ -10,7 +10,9 @@ records and prints one row per (dataset, policy):
 - ``calls/ok`` and ``tok/ok``: model calls and tokens spent per valid result, failed
   attempts (Instructor's reasks, earlier tiers) included;
 - ``p50 s`` / ``p95 s``: wall time per extraction;
-- ``F1``: field-level F1 against the gold spans (normalised: case, spaces, edge punctuation);
+- ``valid%``/``+repair%`` and ``F1`` carry their 95% intervals (Wilson; bootstrap over records);
+- ``F1``: micro field F1 against the gold spans, as ``extract.report.scoring`` defines it for
+  every benchmark and the report (normalised: case, spaces, edge punctuation);
 - ``failures``: the causes of the extractions that produced nothing.
 
 The figures come from ``extract.report`` (the same arithmetic as ``extract bench``, which is
@@ -19,7 +21,8 @@ the full benchmark: every policy, schema corpora, resumable, with plots and an H
 ``--datasets grammar,regex`` adds the grammar/regex rows (own table): the shipped Lark grammars
 (``grammars/*.lark``) on short hand-written requests, and a ZIP-code regex on US addresses,
 per tier: parsed (or fully matched) on the first call, at all, calls and tokens per parsed
-result (a grammar rung's one-off probe call included; its tokens are in the attempt's usage), p50 wall time.
+result (a grammar rung's one-off probe call included; its tokens are in the attempt's usage), p50 wall time,
+and the parsed results that needed a repair (``cut_runaway``: a loop cut at the token limit).
 
 The remote tiers talk to llama-cpp-python's server on the embedded model, started here on a
 free loopback port (or ``--base-url``); ``--fault-rate`` puts the fault proxy in between.
@@ -53,8 +56,6 @@ POLICIES: dict[str, list[str]] = {
     "local": ["local"],
     "chain": ["native", "instructor", "local"],
 }
-# Attempts that never reached a model: not counted as calls.
-_NO_CALL = {"breaker_open", "deadline", "unavailable", "unsupported"}
 
 
 @dataclass
@@ -126,12 +127,13 @@ def grammar_table(results: list[tuple[str, str, Any, float, str]]) -> str:
         if not result.ok:
             missed.append(f"{dataset}/{policy}/{item}")
     lines = ["| dataset | policy | n | parsed 1st call % | parsed % | calls/parsed | tok/parsed | p50 s | modes "
-             "| failed calls |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| failed calls | repaired |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (dataset, policy), items in groups.items():
         n = len(items)
         calls = tokens = parsed = first = 0
         modes: dict[str, int] = {}
         failed: dict[str, int] = {}
+        repaired: dict[str, int] = {}  # parsed results not valid as generated, by repair
         for result, _ in items:
             made = [a for a in result.attempts if not a.skipped]
             probes = [p for a in made for p in a.meta.get("probes", [])]
@@ -139,6 +141,10 @@ def grammar_table(results: list[tuple[str, str, Any, float, str]]) -> str:
             tokens += sum(a.usage.total_tokens or a.usage.input_tokens + a.usage.output_tokens for a in made)
             parsed += bool(result.ok)
             first += bool(made) and made[0].ok
+            winner = next((a for a in made if a.ok), None)
+            if winner is not None and winner.repaired:
+                for step in winner.repairs or ["?"]:
+                    repaired[step] = repaired.get(step, 0) + 1
             for a in made:
                 mode = str(a.meta.get("mode", a.tier))
                 modes[mode] = modes.get(mode, 0) + 1
@@ -149,7 +155,8 @@ def grammar_table(results: list[tuple[str, str, Any, float, str]]) -> str:
         per_token = f"{tokens / parsed:.1f}" if parsed else "-"
         lines.append(f"| {dataset} | {policy} | {n} | {100 * first / n:.0f} | {100 * parsed / n:.0f} | {per_call} "
                      f"| {per_token} | {p50:.2f} | {', '.join(f'{k} {v}' for k, v in sorted(modes.items()))} "
-                     f"| {', '.join(f'{k} {v}' for k, v in sorted(failed.items())) or '-'} |")
+                     f"| {', '.join(f'{k} {v}' for k, v in sorted(failed.items())) or '-'} "
+                     f"| {', '.join(f'{k} {v}' for k, v in sorted(repaired.items())) or '-'} |")
     if missed:
         lines.append(f"\nnot parsed: {', '.join(missed)}")
     return "\n".join(lines)
@@ -161,16 +168,17 @@ def table(rows: list[dict[str, Any]]) -> str:
     header = ["dataset", "policy", "n", "valid%", "+repair%", "calls/ok", "tok/ok", "p50 s", "p95 s", "F1",
               "failures"]
 
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.0f}"
+    def pct(f: dict[str, Any], key: str) -> str:
+        x, ci = f[key], f["ci95"].get(key)
+        return "-" if x is None else f"{100 * x:.0f}" + (f" [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]" if ci else "")
 
-    def num(x: float | None, digits: int) -> str:
-        return "-" if x is None else f"{x:.{digits}f}"
+    def num(x: float | None, digits: int, ci: list[float] | None = None) -> str:
+        return "-" if x is None else f"{x:.{digits}f}" + (f" [{ci[0]:.{digits}f}-{ci[1]:.{digits}f}]" if ci else "")
 
     lines = [header] + [
-        [f["data"], f["policy"], str(f["n"]), pct(f["schema_valid_generated"]), pct(f["schema_valid_after_repair"]),
+        [f["data"], f["policy"], str(f["n"]), pct(f, "schema_valid_generated"), pct(f, "schema_valid_after_repair"),
          num(f["calls_per_valid"], 1), num(f["tokens_per_valid"], 0), num(f["latency_p50_s"], 2),
-         num(f["latency_p95_s"], 2), num(f["field_f1"], 2),
+         num(f["latency_p95_s"], 2), num(f["field_f1"], 2, f["ci95"].get("field_f1")),
          ", ".join(f"{k} {v}" for k, v in sorted(f["failures"].items(), key=lambda kv: -kv[1])[:3]) or "-"]
         for f in figures
     ]

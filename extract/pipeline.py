@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import queue
 import threading
 import time
@@ -21,7 +22,7 @@ from extract.runtime.cache import lookup as cache_lookup
 from extract.runtime.cache import open_store
 from extract.runtime.chunking import run_chunked
 from extract.runtime.grounding import ground, ground_merged, judge
-from extract.runtime.lists import ItemRun, Split, failed_spans
+from extract.runtime.lists import ItemRun, Split, failed_spans, list_answer
 from extract.runtime.observability import Runtime
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec
@@ -188,12 +189,20 @@ class Extractor:
 
     def item_run(self, text: str | bytes, item: Any, *, passes: int = 1, split: Split = "lines",
                  min_fields: int = 2) -> ItemRun:
-        """A list extraction of every ``item`` in ``text`` (``extract.runtime.lists``), not started."""
-        if self.examples is not None:
-            raise ConfigError("an examples pool holds answers for one extraction, not for a list: "
-                              "run lists with an Extractor without examples=")
+        """A list extraction of every ``item`` in ``text`` (``extract.runtime.lists``), not started.
+
+        With an examples pool, each pair's answer is one item (or a list of the items its text
+        holds) and becomes the answer of a list window (``lists.list_answer``); the pool then
+        chooses the examples per window, as it does per text for ``run``."""
         clean = clean_text(text, self.settings.max_input_chars)
-        return ItemRun(self, clean, item, passes=passes, split=split, min_fields=min_fields)
+        chain = self
+        if self.examples is not None:
+            pool = self.examples
+            chain = copy.copy(self)  # the same tiers, budget, cache and logs; a pool of list answers
+            chain.examples = ExamplePool([(t, list_answer(item, a)) for t, a in pool.raw], pool.k,
+                                         select=pool.select, measure=pool.measure, n_ctx=self.settings.n_ctx)
+        return ItemRun(chain, clean, item, passes=passes, split=split, min_fields=min_fields,
+                       plan_examples=chain.examples.largest if chain.examples is not None else None)
 
     async def arun_all(self, text: str | bytes, item: Any, *, passes: int = 1, split: Split = "lines",
                        min_fields: int = 2) -> Result:

@@ -108,6 +108,21 @@ class Settings(BaseSettings):
         "tiers), False turns it off; None follows the schema's copy_in_order mark "
         "(extract.spec.span_order).",
     )
+    span_reuse: Literal["disjoint", "distinct", "allow"] = Field(
+        default="allow",
+        description="Local tier, span-copied strings: 'disjoint' lets no two copied values take "
+        "the same characters of the input, 'distinct' only forbids copying the same occurrence "
+        "twice, 'allow' (default) lets values repeat (extract.spec.span_guard; llama.cpp fast "
+        "decoder). Measured zero-shot on user-written schemas, forbidding reuse removed the "
+        "repeated values but lowered field F1: the model then puts the salient span in the first "
+        "field and the right one loses it (benchmarks/zero_shot.py).",
+    )
+    infer_shapes: bool = Field(
+        default=True,
+        description="Local tier, span-copied strings without a pattern: keep only the input's spans "
+        "of the shape the field's name or description names (a ZIP code holds a digit, a city "
+        "a letter; extract.spec.shapes). False turns it off.",
+    )
     all_keys: bool | None = Field(
         default=None,
         description="Local tier: write every top-level key of a JSON object in schema order, "

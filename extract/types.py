@@ -170,7 +170,8 @@ class Result(BaseModel):
     conflicts: list[dict[str, Any]] = Field(default_factory=list)
     # A list extraction (extract.runtime.lists, ``Extractor.run_all``): every span of the text an
     # item was read from or failed at, in text order ({"start", "end", "status": "ok" |
-    # "rejected" | "failed", "window", "pass", "error"?}); the "ok" entries line up with ``value``.
+    # "rejected" | "failed" | "empty", "window", "pass", "error"?}); the "ok" entries line up
+    # with ``value``; ``empty``: read, and no item found there.
     items: list[dict[str, Any]] = Field(default_factory=list)
     # Served from the result cache (extract.runtime.cache): no model was called for this Result.
     cache_hit: bool = False

@@ -99,13 +99,85 @@ def test_missing_data_file_is_named(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "none.jsonl" in res.output
 
 
+def _bench(data: Path, out: Path, *args: str) -> Any:
+    # A remote policy and no endpoint: every item is recorded as skipped, no model is loaded.
+    return runner.invoke(app, ["bench", "--data", str(data), "--schema", "schemas.address:Address",
+                               "--policy", "native", "--out", str(out), *args])
+
+
+def test_provenance_is_recorded_and_another_draw_is_refused(tmp_path: Path) -> None:
+    from extract.front.bench import current_prompts
+
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"id": f"r{i}", "text": f"{i} Main St"} for i in range(4)])
+    out = tmp_path / "out"
+    res = _bench(data, out, "--sample", "2", "--seed", "0")
+    assert res.exit_code == 0, res.output
+    prov = json.loads((out / "provenance.json").read_text(encoding="utf-8"))
+    assert (prov["sample"], prov["seed"]) == (2, 0)
+    (part,) = prov["parts"]
+    assert part["prompts"] == current_prompts() and part["finished"] is not None
+    assert part["git_commit"] is None or len(part["git_commit"]) == 40
+    assert part["command"].startswith("extract ") and part["runs"] == [f"{data.parent.name}/d.jsonl"]
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["provenance"]["recorded"] and summary["provenance"]["stale"] is False
+    assert "Draw: --sample 2 --seed 0" in (out / "report.html").read_text(encoding="utf-8")
+    rows_before = (out / "attempts.jsonl").read_text(encoding="utf-8")
+
+    for other in (["--sample", "3", "--seed", "0"], ["--sample", "2", "--seed", "1"], []):
+        refused = _bench(data, out, *other)
+        assert refused.exit_code == 2, refused.output
+        assert "--sample 2 --seed 0" in refused.output and "new --out" in refused.output
+    assert (out / "attempts.jsonl").read_text(encoding="utf-8") == rows_before, "nothing was mixed in"
+
+    again = _bench(data, out, "--sample", "2", "--seed", "0")  # the same draw: a second part
+    assert again.exit_code == 0, again.output
+    assert len(json.loads((out / "provenance.json").read_text(encoding="utf-8"))["parts"]) == 2
+    assert len((out / "command.txt").read_text(encoding="utf-8").splitlines()) == 1
+
+
+def test_a_folder_without_provenance_takes_no_new_rows(tmp_path: Path) -> None:
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "text": "1 Main St"}])
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "attempts.jsonl").write_text('{"tier": "local"}\n', encoding="utf-8")
+    refused = _bench(data, out)
+    assert refused.exit_code == 2 and "recorded no --sample/--seed" in refused.output
+
+
+def test_parts_run_apart_are_merged_only_from_the_same_draw(tmp_path: Path) -> None:
+    rows = [{"id": f"r{i}", "text": f"{i} Main St"} for i in range(3)]
+    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert _bench(data, a, "--sample", "2").exit_code == 0
+    res = runner.invoke(app, ["bench", "--data", str(data), "--schema", "schemas.address:Address",
+                              "--policy", "instructor", "--out", str(b), "--sample", "2"])
+    assert res.exit_code == 0, res.output
+    assert _bench(data, c, "--sample", "1").exit_code == 0
+
+    merged = runner.invoke(app, ["report", str(a), "--merge", str(b)])
+    assert merged.exit_code == 0, merged.output
+    policies = sorted({r["policy"] for r in _rows(a)})
+    assert policies == ["instructor", "native"] and len(_rows(a)) == 4
+    parts = json.loads((a / "provenance.json").read_text(encoding="utf-8"))["parts"]
+    assert [p.get("merged_from") for p in parts] == [None, "b"]
+    summary = json.loads((a / "summary.json").read_text(encoding="utf-8"))
+    assert {r["policy"] for r in summary["runs"]} == {"instructor", "native"}
+
+    again = runner.invoke(app, ["report", str(a), "--merge", str(b)])  # nothing new: nothing doubled
+    assert again.exit_code == 0 and len(_rows(a)) == 4
+    assert len(json.loads((a / "provenance.json").read_text(encoding="utf-8"))["parts"]) == 2
+    refused = runner.invoke(app, ["report", str(a), "--merge", str(c)])
+    assert refused.exit_code == 2 and "--sample 2 --seed 0" in refused.output and len(_rows(a)) == 4
+
+
 def _comparable(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Everything but wall time, which differs between any two runs."""
     drop = {"latency_p50_s", "latency_p95_s"}
     runs = []
     for run in summary["runs"]:
         tiers = [{k: v for k, v in t.items() if k not in drop} for t in run["tiers"]]
-        runs.append({**{k: v for k, v in run.items() if k not in drop}, "tiers": tiers})
+        ci = {k: v for k, v in run["ci95"].items() if k not in drop}
+        runs.append({**{k: v for k, v in run.items() if k not in drop}, "tiers": tiers, "ci95": ci})
     return runs
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import lark
 import pytest
 
-from extract import Grammar, sql_grammar_for_sqlite
+from extract import Grammar, Regex, compile_spec, sql_grammar_for_sqlite
 from extract.errors import UnsupportedSchema
 from extract.spec.gbnf import grammar_to_gbnf, regex_to_gbnf
 from tests.llama_grammar import GrammarRejected, oracle
@@ -213,3 +213,29 @@ def test_a_model_with_grammar_fields_becomes_one_gbnf() -> None:
     with pytest.raises(UnsupportedSchema) as info:
         object_gbnf(local_constraint(compile_spec(Unsafe), "a short input"))
     assert info.value.feature == "grammar_field" and info.value.path == "/properties/query"
+
+
+def test_a_runaway_is_its_repeated_tail_and_is_cut_before_the_loop() -> None:
+    from extract.validate import check
+    from extract.validate.grammar_check import cut_runaway, runaway
+
+    arithmetic = Grammar.from_file(ROOT / "grammars" / "arithmetic.lark")
+    loop = "1.0  + -  -   -   -   -   -   -   -   -   -   -   -   -   -"
+    assert runaway(loop) == (8, 4)
+    assert cut_runaway(loop, arithmetic.parse, (lark.exceptions.UnexpectedInput,))[0] == "1.0"  # type: ignore[index]
+    # A prefix ends between tokens, never inside a number, and keeps one whole unit of the loop.
+    numbers = "1.111111111111 - 2.111111111111 - 2.111111111111 - 2.111111111111 - "
+    assert cut_runaway(numbers, arithmetic.parse, (lark.exceptions.UnexpectedInput,))[0] == (  # type: ignore[index]
+        "1.111111111111 - 2.111111111111")
+    assert runaway("SELECT name FROM customers WHERE city = 'Paris'") is None
+    assert runaway("1 + 2 + 3") is None  # too short to be a loop
+    spec = compile_spec(arithmetic)
+    # Only an answer cut at the token limit is cut; the same text that ended by itself is an error.
+    cut = check(loop, spec, truncated=True)
+    assert cut.error is None and cut.value is not None and cut.repairs == ["cut_runaway"] and cut.repaired
+    assert check(loop, spec).error is not None
+    # A cut answer that is no loop stays truncated: its end may be the answer's.
+    assert check("SELECT name FROM customers WHERE", compile_spec(Grammar.from_file(ROOT / "grammars" / "sql.lark")),
+                 truncated=True).error.type == "truncated"  # type: ignore[union-attr]
+    zip_code = compile_spec(Regex(r"[0-9]{5}(-[0-9]{4})?"))
+    assert check("20500-0000-0000-0000-0000-", zip_code, truncated=True).value == "20500-0000"

@@ -174,3 +174,38 @@ def test_the_vllm_request_body_is_what_vllm_documents_and_llguidance_compiles(sp
     assert not err, err
     assert grammar_body_for("gbnf", gbnf="root ::= \"x\"") == {"grammar": 'root ::= "x"'}
     assert GRAMMAR_LADDER == ("gbnf", "structured_outputs", "prompt")
+
+
+def test_a_runaway_cut_at_the_token_limit_is_its_answer_before_the_loop(
+    proxy: FaultProxy, remote_settings: Callable[..., Settings]
+) -> None:
+    # Measured: on this request the model writes "1.0  + -  -   -   - ..." (unary minus, which
+    # the grammar allows without end) to the token limit, and the same again on every reask.
+    settings = remote_settings(max_tokens=64, timeout_s=60.0, grammar_max_reasks=2)
+    grammar = Grammar.from_file(ROOT / "grammars" / "arithmetic.lark")
+    attempts = run(settings, grammar, "Ten divided by the sum of two and three.")
+    first = attempts[0]
+    assert len(attempts) == 1 and first.ok, (first.raw, first.error)
+    assert first.finish_reason == "length" and first.repaired and first.repairs == ["cut_runaway"]
+    assert first.raw is not None and first.raw.startswith(first.value)
+    grammar.parser.parse(first.value)
+
+
+def test_the_grammar_ladder_probes_count_in_the_calls_a_tier_may_make(
+    proxy: FaultProxy, remote_settings: Callable[..., Settings]
+) -> None:
+    settings = remote_settings(max_tokens=16, grammar_max_reasks=1)
+    spec = compile_spec(Regex(r"[A-Z]{3}-[0-9]{4}", name="order"))
+    tier = NativeTier(settings)
+    # Nothing known about the endpoint: the answer and its reask, and a probe for each grammar rung.
+    assert tier.spend(spec, "x").max_calls == 2 + 2
+    run(settings, Regex(r"[A-Z]{3}-[0-9]{4}", name="order"), "Your order ABC-1234 has shipped.")
+    assert tier.spend(spec, "x").max_calls == 2  # gbnf shown enforced: no probe left
+    proxy.configure(reject=["grammar", "structured_outputs"])
+    from extract.providers.openai_compat import reset_endpoint_states
+
+    reset_endpoint_states()
+    attempts = run(settings, Regex(r"[A-Z]{3}-[0-9]{4}", name="order"), "Your order ABC-1234 has shipped.")
+    probed = len(attempts[0].meta["probes"])
+    assert probed == 2 and len(attempts) + probed <= 2 + 2
+    assert tier.spend(spec, "x").max_calls == 2  # both rungs refused: plain text, no probe left

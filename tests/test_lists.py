@@ -29,7 +29,7 @@ from extract import (
     extract_iter,
 )
 from extract.runtime.chunking import plan_chunks
-from extract.runtime.lists import item_list_spec, partial_items
+from extract.runtime.lists import item_list_spec, list_answer, partial_items
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,6 +63,12 @@ def _speakers(names: list[str]) -> str:
 
 def _ok_spans(result: Any) -> list[tuple[int, int]]:
     return [(e["start"], e["end"]) for e in result.items if e["status"] == "ok"]
+
+
+def _silent(text: str, result: Any) -> list[int]:
+    """Places of letters and digits that lie in no entry of ``result.items`` (returned or named)."""
+    covered = [(e["start"], e["end"]) for e in result.items]
+    return [i for i, ch in enumerate(text) if ch.isalnum() and not any(s <= i < e for s, e in covered)]
 
 
 def test_bad_input_is_a_clear_error() -> None:
@@ -136,6 +142,8 @@ def test_an_item_across_a_chunk_boundary_is_found_once() -> None:
     for i in cut:  # read in both chunks, returned once
         assert lines_hit.count(i) == 1, names[i]
     assert len(spans) >= len(names) - 2  # the 135M model may skip an item in a long list
+    # ... but never silently: what no item holds is named (empty, rejected or failed)
+    assert _silent(text, result) == []
 
 
 def test_a_list_cut_by_the_output_budget_continues_and_loses_nothing() -> None:
@@ -163,7 +171,49 @@ def test_the_iterator_yields_the_first_item_before_the_last_is_decoded() -> None
 
 
 def test_a_document_without_items_is_an_empty_list() -> None:
-    assert extract_all("Thank you for your letter.\nKind regards", Born, tiers=["local"]) == []
+    text = "Thank you for your letter.\nKind regards"
+    assert extract_all(text, Born, tiers=["local"]) == []
+    result = Extractor(tiers=["local"]).run_all(text, Born)
+    assert result.ok and result.value == []
+    assert {e["status"] for e in result.items} <= {"rejected", "empty"} and _silent(text, result) == []
+
+
+def test_nothing_read_goes_silent() -> None:
+    """Every letter of the text is in a returned item's span or in a named one: a heading, a
+    line the model answers with no item, a closing."""
+    text = ("Births\n\nGrace Hopper was born in 1906 in New York.\n"
+            "The weather was fine that spring.\nAlan Turing was born in 1912 in London.\nEnd\n")
+    result = Extractor(tiers=["local"]).run_all(text, Born)
+    assert [(v.name, v.year) for v in result.value] == [("Grace Hopper", "1906"), ("Alan Turing", "1912")]
+    assert _silent(text, result) == []
+    # The one-word heading and closing cannot hold the two values an item needs: named, not sent.
+    short = [(e["start"], e["end"]) for e in result.items if (e.get("error") or {}).get("type") == "too_short"]
+    assert short == [(0, len("Births")), (text.index("End"), len(text) - 1)]
+    assert not any(a.meta["window_start"] in (0, text.index("End")) for a in result.attempts)
+    named = [e for e in result.items if e["status"] != "ok"]
+    assert named and all(e.get("error") for e in named)
+
+
+def test_run_all_with_an_examples_pool_shows_them_per_window() -> None:
+    pool = [("Marie Curie was born in 1867 in Warsaw.", Born(name="Marie Curie", year="1867")),
+            ("Born 1915: Edith Piaf, singer; Billie Holiday, singer.",
+             [{"name": "Edith Piaf", "year": "1915"}, {"name": "Billie Holiday", "year": "1915"}])]
+    text = "Grace Hopper was born in 1906 in New York.\nAlan Turing was born in 1912 in London.\n"
+    bare = Extractor(tiers=["local"]).run_all(text, Born)
+    result = Extractor(tiers=["local"], examples=pool, examples_k=1).run_all(text, Born)
+    assert [(v.name, v.year) for v in result.value] == [("Grace Hopper", "1906"), ("Alan Turing", "1912")]
+    assert all("all_keys" not in a.meta for a in result.attempts)  # examples were shown
+    assert all(a.usage.input_tokens > b.usage.input_tokens
+               for a, b in zip(result.attempts, bare.attempts, strict=True))
+    # An answer that is not an item is the pool's ConfigError, naming the example.
+    with pytest.raises(ConfigError, match=r"examples\[0\]"):
+        Extractor(tiers=["local"], examples=[("Ada", {"name": 3})]).run_all(text, Born)
+
+
+def test_list_answer_writes_a_pool_answer_as_a_window_answer() -> None:
+    assert list_answer(Born, Born(name="Ada Lovelace")) == {"items": [{"name": "Ada Lovelace", "year": None}]}
+    assert list_answer(Born, [{"name": "A"}, {"year": "1900"}]) == {
+        "items": [{"name": "A", "year": None}, {"name": None, "year": "1900"}]}
 
 
 def test_a_second_pass_reads_only_what_the_first_left() -> None:

@@ -1,8 +1,9 @@
 """The HTML report opens in a real headless Chromium (Debian's package) and shows its plots.
 
-The page must be self-contained: the screenshot is taken from a ``file://`` URL with the
-network features off, so a plot that is not embedded would be missing from it. CI installs
-Chromium (``.ci/run``); a machine without it fails here rather than skipping, on purpose.
+The page must be self-contained (its one script inline, no network): the screenshot is taken
+from a ``file://`` URL with the network features off, so a plot that is not embedded would be
+missing from it. CI installs Chromium (``.ci/run``); a machine without it fails here rather
+than skipping, on purpose.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_report_html_is_self_contained(report_dir: Path) -> None:
     page = (report_dir / "report.html").read_text(encoding="utf-8")
     assert page.count('src="data:image/png;base64,') == 3
-    assert "<script" not in page and "http://" not in page and "https://" not in page
+    # One inline script (column sorting); nothing loaded from anywhere.
+    assert page.count("<script") == 1 and "<script src" not in page and "<script>" in page
+    assert "http://" not in page and "https://" not in page
 
 
 def test_report_opens_in_headless_chromium_and_shows_the_plots(report_dir: Path, tmp_path: Path) -> None:
@@ -78,3 +81,45 @@ def test_report_opens_in_headless_chromium_and_shows_the_plots(report_dir: Path,
     html = dom.stdout.decode()
     assert "<h1>Compliance report</h1>" in html
     assert html.count("<img") == 3 and "Per tier" in html
+
+
+def test_the_page_leads_with_the_answer_and_every_failure_opens_onto_its_attempts(report_dir: Path) -> None:
+    page = (report_dir / "report.html").read_text(encoding="utf-8")
+    order = ["The answer: per schema", "Per data set and policy", "Per tier inside each policy",
+             "Failures: every cause", "Per-field accuracy", "<h2>Plots", "Where these figures come from"]
+    positions = [page.index(h) for h in order]
+    assert positions == sorted(positions)
+    headline = page[page.index('id="headline"'):page.index("</table>", page.index('id="headline"'))]
+    assert '<span class="ci">[' in headline  # intervals beside the rates
+    links = re.findall(r'href="#(f\d+-[a-z0-9-]+)"', page)
+    assert {"f0-truncated", "f0-unsupported", "f0-bad-row"} <= set(links)
+    for anchor in links:
+        assert f'<details id="{anchor}">' in page, anchor
+    truncated = page[page.index('<details id="f0-truncated">'):]
+    truncated = truncated[:truncated.index("</details>")]
+    # Item C: both attempts, their errors and the raw output, escaped.
+    assert "<code>C</code>" in truncated and "schema_violation" in truncated and "truncated" in truncated
+    assert "{&quot;x&quot;:&quot;ab</pre>" in truncated
+    fields = page[page.index("Per-field accuracy"):page.index("<h2>Plots")]
+    assert "<td>x</td>" in fields and "<td>z</td>" in fields
+
+
+def test_a_click_on_a_header_sorts_its_table_in_chromium(report_dir: Path, tmp_path: Path) -> None:
+    """The inline script, run by a real browser: one click on "attempts" in the per-tier table
+    puts local (3 attempts) before native (4), the reverse of the rows' order."""
+    page = (report_dir / "report.html").read_text(encoding="utf-8")
+    click = ('<script>var t=document.querySelectorAll("table.sortable")[2];'
+             't.tHead.rows[0].cells[3].click();</script></body>')
+    clicked = tmp_path / "clicked.html"
+    clicked.write_text(page.replace("</body>", click), encoding="utf-8")
+    chromium = _chromium()
+    common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    before = page[page.index("Per tier inside each policy"):]
+    assert before.index("<td>native</td>") < before.index("<td>local</td>")
+    dom = subprocess.run([*common, "--dump-dom", clicked.resolve().as_uri()], capture_output=True, timeout=120,
+                         check=False)
+    assert dom.returncode == 0, dom.stderr.decode(errors="replace")[-3000:]
+    html = dom.stdout.decode()
+    after = html[html.index("Per tier inside each policy"):]
+    assert after.index("<td>local</td>") < after.index("<td>native</td>")
+    assert 'class="asc"' in after[:after.index("</thead>")]

@@ -5,6 +5,13 @@ is done, so a run killed at any moment loses at most the item in flight: on the 
 the file is read back, a cut last line or an item with missing rows is dropped, and every
 item already finished for the same (data, schema, policy) is skipped, never redone.
 
+A folder holds one run: one ``--sample``/``--seed`` draw of the data. Each invocation that adds
+rows is a *part*, recorded in ``OUT/provenance.json`` with the code it came from (git commit,
+prompt versions, model digests, settings, command line); ``summary.json`` and the page show
+them. An invocation with another sample or seed is refused before any model runs: its items
+would differ, and one report would mix two item sets. Parts run apart (another machine,
+another folder) are joined with ``extract report OUT --merge PART``, under the same rule.
+
 Bad input never stops a run: a row without ``text``, a gold that names fields the schema
 does not have, a row schema that does not compile is recorded as a ``bad_row`` attempt
 (naming the row) and the run goes on. A row schema that every tier refuses is the row's
@@ -17,23 +24,29 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import random
+import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from extract.errors import ConfigError, ExtractError, UnsupportedSchema
 from extract.pipeline import Extractor
 from extract.report.aggregate import group_items, rows_for_result
-from extract.report.render import CORPUS_SCHEMA, load_rows, render
+from extract.report.render import CORPUS_SCHEMA, PROVENANCE, load_rows, models_of, render
+from extract.report.scoring import gold_for_schema, instance_valid
 from extract.spec import compile_spec
 from extract.types import Attempt, AttemptError
 
-__all__ = ["CORPUS_PROMPT", "POLICIES", "BenchItem", "BenchRun", "done_keys", "item_rows", "read_suite", "run_bench"]
+__all__ = ["CORPUS_PROMPT", "POLICIES", "BenchItem", "BenchRun", "check_draw", "code_provenance", "current_prompts",
+           "done_keys", "item_rows", "merge_parts", "read_suite", "record_part", "render_current", "run_bench"]
 
 # A policy is one tier alone or the default chain (None: Settings.default_tiers()).
 POLICIES: dict[str, list[str] | None] = {
@@ -174,7 +187,28 @@ def _skipped(run: BenchRun, policy: str, item: BenchItem, attempts: list[Attempt
 
 def item_rows(run: BenchRun, policy: str, extractor: Extractor | None, unavailable: list[Attempt],
               item: BenchItem) -> list[dict[str, Any]]:
-    """The attempt rows of one item under one policy; never raises for a bad row."""
+    """The attempt rows of one item under one policy; never raises for a bad row.
+
+    A schema-corpus item's last row also says whether its value validates against the full
+    schema (``item_schema_valid``: empirical coverage, decided apart from the chain's own
+    check) and whether the row shows an instance the schema admits (``item_witness``)."""
+    rows = _item_rows(run, policy, extractor, unavailable, item)
+    row = item.row
+    last = rows[-1]
+    if isinstance(row, dict) and "text" not in row and "schema" in row and not _is_bad_input(last):
+        last["item_schema_valid"] = bool(last.get("item_ok")) and instance_valid(last.get("item_value"), row["schema"])
+        last["item_witness"] = _witnessed(row)
+    return rows
+
+
+def _is_bad_input(row: Mapping[str, Any]) -> bool:
+    """A ``bad_row`` that is the input's fault; one naming an exception is a crash of ours."""
+    error = row.get("error") or {}
+    return error.get("type") == "bad_row" and not any("exception" in d for d in error.get("details") or [])
+
+
+def _item_rows(run: BenchRun, policy: str, extractor: Extractor | None, unavailable: list[Attempt],
+               item: BenchItem) -> list[dict[str, Any]]:
     where = f"row {item.line} (id {item.id!r})"
     if item.problem is not None or not isinstance(item.row, dict):
         return _bad(run, policy, item, item.problem or f"{where} is not a JSON object")
@@ -209,8 +243,7 @@ def item_rows(run: BenchRun, policy: str, extractor: Extractor | None, unavailab
                 # Score what the schema asks for: gold labels it has no field for (usaddress's
                 # Recipient, say) are left out of field accuracy; 'container-title' is the
                 # schema's 'container_title'. A gold with no field in common is the wrong schema.
-                by_name = {f.replace("-", "_"): f for f in fields}
-                kept = {by_name[k.replace("-", "_")]: v for k, v in gold.items() if k.replace("-", "_") in by_name}
+                kept = gold_for_schema(gold, fields)
                 if not kept:
                     return _bad(run, policy, item,
                                 f"{where}: no gold field ({', '.join(sorted(gold))}) is in the schema "
@@ -232,6 +265,18 @@ def item_rows(run: BenchRun, policy: str, extractor: Extractor | None, unavailab
         return _bad(run, policy, item, f"{where}: {type(exc).__name__}: {exc}", exception=type(exc).__name__)
     return rows_for_result(result, data=run.label, schema=run.schema_label, policy=policy, item=item.id,
                            latency_s=time.perf_counter() - started, gold=gold)
+
+
+def _witnessed(row: Mapping[str, Any]) -> bool | None:
+    """Whether the corpus row itself shows an instance its schema admits (the test suite's
+    ``tests`` marked valid, SchemaStore's ``instances``); None when it shows none either way."""
+    tests = row.get("tests")
+    if isinstance(tests, list):
+        return any(isinstance(t, dict) and t.get("valid") is True for t in tests)
+    instances = row.get("instances")
+    if isinstance(instances, list):
+        return bool(instances)
+    return None
 
 
 def _extractor(policy: str, options: Mapping[str, Any]) -> tuple[Extractor | None, list[Attempt]]:
@@ -275,6 +320,148 @@ def done_keys(path: Path) -> set[tuple[str, str, str, str]]:
     return done
 
 
+def current_prompts() -> dict[str, str]:
+    """The prompt versions this code writes on its attempts (``Attempt.prompt_version``)."""
+    from extract.spec.prompt import PROMPT_VERSION, REPAIR_PROMPT_VERSION
+
+    return {"extract": PROMPT_VERSION, "repair": REPAIR_PROMPT_VERSION}
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def code_provenance() -> dict[str, Any]:
+    """The code a result comes from: git commit (and whether tracked files differ from it),
+    prompt versions, the corpus task's text, and the versions of the packages that decide
+    an output. Model digests are read from the attempts themselves."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages: dict[str, str] = {}
+    for dist in ("extract", "llama-cpp-python", "llguidance", "jsonschema", "pydantic", "openai"):
+        try:
+            packages[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
+            "prompts": current_prompts(), "corpus_prompt": CORPUS_PROMPT,
+            "python": platform.python_version(), "packages": packages}
+
+
+def _scrub(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings as recorded: an absolute path keeps only its last part (no machine's layout in a
+    committed file), secrets are already masked by pydantic."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, str) and os.path.isabs(value):
+            value = f".../{Path(value).name}"
+        out[key] = value
+    return out
+
+
+def _read_provenance(out: Path) -> dict[str, Any] | None:
+    path = out / PROVENANCE
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is not readable JSON ({exc}); it says which draw the folder holds") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} is not a JSON object")
+    return doc
+
+
+def _write_provenance(out: Path, doc: Mapping[str, Any]) -> None:
+    tmp = out / (PROVENANCE + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / PROVENANCE)
+
+
+def _draw(sample: int | None, seed: int) -> str:
+    return f"--sample {sample if sample is not None else 'all'} --seed {seed}"
+
+
+def check_draw(out: Path, sample: int | None, seed: int) -> dict[str, Any] | None:
+    """The folder's provenance, or a ConfigError when adding ``sample``/``seed`` rows to it would
+    mix two item sets (another draw, or rows from before draws were recorded)."""
+    doc = _read_provenance(out)
+    if doc is None:
+        if (out / "attempts.jsonl").exists() and (out / "attempts.jsonl").stat().st_size:
+            raise ConfigError(
+                f"{out} holds rows from a run that recorded no --sample/--seed (made before provenance "
+                f"was recorded), so rows drawn with {_draw(sample, seed)} could mix two item sets. "
+                "Write this run to a new --out folder.")
+        return None
+    if (doc.get("sample"), doc.get("seed")) != (sample, seed):
+        raise ConfigError(
+            f"{out} holds a run drawn with {_draw(doc.get('sample'), int(doc.get('seed') or 0))}; this one asks "
+            f"{_draw(sample, seed)}. Its items would differ and one report would mix the two. Use a new --out "
+            "folder, or the folder's own --sample/--seed to add to its run.")
+    return doc
+
+
+def record_part(out: Path, part: Mapping[str, Any], *, sample: int | None, seed: int) -> int:
+    """Append one part to the folder's provenance (checked with ``check_draw`` first); its index."""
+    doc = check_draw(out, sample, seed) or {"sample": sample, "seed": seed, "parts": []}
+    doc.setdefault("parts", []).append(dict(part))
+    _write_provenance(out, doc)
+    return len(doc["parts"]) - 1
+
+
+def _finish_part(out: Path, index: int, **fields: Any) -> None:
+    doc = _read_provenance(out)
+    if doc is None or index >= len(doc.get("parts", [])):
+        return
+    doc["parts"][index].update(fields)
+    _write_provenance(out, doc)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def merge_parts(out: Path, parts: Sequence[Path]) -> int:
+    """Join result folders run apart into ``out``: the same draw only, items ``out`` already
+    has are kept, the parts' provenance appended. Returns the number of items added."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "attempts.jsonl"
+    done = done_keys(path)
+    added = 0
+    for part in parts:
+        doc = _read_provenance(part)
+        if doc is None:
+            raise ConfigError(f"--merge {part}: no {PROVENANCE}, so its draw (--sample/--seed) is unknown; "
+                              "it cannot be joined without risking a mix of item sets")
+        sample, seed = doc.get("sample"), int(doc.get("seed") or 0)
+        records = [{**p, "merged_from": part.name} for p in doc.get("parts", [])]
+        mine = check_draw(out, sample, seed) or {"sample": sample, "seed": seed, "parts": []}
+        rows: list[dict[str, Any]] = []
+        for key, items in group_items(load_rows(part / "attempts.jsonl")).items():
+            for o in items:
+                if (*key, o.item) not in done:
+                    rows += o.rows
+                    done.add((*key, o.item))
+                    added += 1
+        with path.open("a", encoding="utf-8") as sink:
+            sink.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        known = {p.get("id") for p in mine.get("parts", [])}
+        mine.setdefault("parts", []).extend(r for r in records if r.get("id") is None or r["id"] not in known)
+        _write_provenance(out, mine)
+    return added
+
+
+def render_current(out: Path, *, command: str | None = None) -> dict[str, Any]:
+    """``render`` told which prompt versions today's code has, so a stale run says so."""
+    return render(out, command=command, current_prompts=current_prompts())
+
+
 def _progress(total: int) -> Any:
     """A rich progress bar with rate and ETA on a terminal; nothing at all otherwise."""
     from extract.front.batch import progress_bar
@@ -303,9 +490,20 @@ def run_bench(
         check_policies(run.policies)
     if sample is not None and sample < 1:
         raise ConfigError(f"--sample must be at least 1, got {sample}")
+    check_draw(out, sample, seed)  # before any model runs: never mix two draws in one folder
     out.mkdir(parents=True, exist_ok=True)
     if command:
-        (out / "command.txt").write_text(command + "\n", encoding="utf-8")
+        # Every command that added rows, in order: together they reproduce attempts.jsonl.
+        log = out / "command.txt"
+        seen = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+        if command not in seen:
+            log.write_text("".join(line + "\n" for line in [*seen, command]), encoding="utf-8")
+    part = record_part(out, {"id": uuid.uuid4().hex[:12], "started": _now(), "finished": None, "command": command,
+                             **code_provenance(),
+                             "runs": [r.label for r in runs], "policies": sorted({p for r in runs for p in r.policies}),
+                             "settings": {}}, sample=sample, seed=seed)
+    written: list[dict[str, Any]] = []
+    settings_by_policy: dict[str, Any] = {}
     path = out / "attempts.jsonl"
     done = done_keys(path)
     planned = list(_plan(runs, sample, seed))
@@ -321,6 +519,10 @@ def run_bench(
             server = start_server(n_threads=1, n_ctx=4096)
             stack.callback(server.stop)
             base_url = server.base_url
+            # The remote tiers' attempts name the server's alias only: the weights it served.
+            from extract.providers.decoding import file_digest
+
+            _finish_part(out, part, server_model=f"{server.model_path.name} {file_digest(server.model_path)}")
         progress = stack.enter_context(_progress(todo))
         task = progress.add_task("bench", total=todo)
         sink = stack.enter_context(path.open("a", encoding="utf-8"))
@@ -335,6 +537,10 @@ def run_bench(
                 if run.max_tokens is not None:
                     options["max_tokens"] = run.max_tokens
                 extractor, unavailable = _extractor(policy, options)
+                if extractor is not None and policy not in settings_by_policy:
+                    settings_by_policy[policy] = {
+                        "tiers": extractor.tier_names,
+                        **_scrub(extractor.settings.model_dump(mode="json", exclude_defaults=True))}
                 if extractor is not None and policy not in warmed:
                     _warm_up(extractor)
                     warmed.add(policy)
@@ -345,8 +551,11 @@ def run_bench(
                     sink.flush()
                     os.fsync(sink.fileno())
                     done.add((run.label, run.schema_label, policy, item.id))
+                    written += rows
                     progress.advance(task)
-    summary = render(out, command=command)
+    _finish_part(out, part, finished=_now(), items=sum(1 for r in written if r.get("index") == r.get("of", 1) - 1),
+                 models=models_of(written), settings=settings_by_policy)
+    summary = render_current(out, command=command)
     if not sys.stderr.isatty():
         return summary
     print(f"report: {out / 'report.html'}", file=sys.stderr)

@@ -299,13 +299,32 @@ def bench(
 
 
 @app.command()
-def report(folder: Annotated[Path, typer.Argument(help="A bench output folder (with attempts.jsonl).")]) -> None:
+def report(
+    folder: Annotated[Path, typer.Argument(help="A bench output folder (with attempts.jsonl).")],
+    merge: Annotated[list[Path] | None, typer.Option(
+        help="Join this folder's run (a part run apart, same --sample/--seed) into FOLDER first; repeatable.")] = None,
+) -> None:
     """Re-render summary.json, report.md, the plots and report.html from attempts.jsonl."""
-    from extract.report import render
+    from extract.front.bench import merge_parts, render_current
 
-    if not (folder / "attempts.jsonl").is_file():
-        _fail(ConfigError(f"{folder} has no attempts.jsonl"), 2)
-    render(folder)
+    with _exit_codes():
+        for part in merge or []:
+            if not (part / "attempts.jsonl").is_file():
+                raise ConfigError(f"--merge {part}: no attempts.jsonl there")
+        if merge:
+            added = merge_parts(folder, merge)
+            typer.echo(f"merged {added} items from {len(merge)} folder(s)", err=True)
+        if not (folder / "attempts.jsonl").is_file():
+            raise ConfigError(f"{folder} has no attempts.jsonl")
+        summary = render_current(folder)
+    from extract.report.render import provenance_lines, stale_text
+
+    prov = summary["provenance"]
+    for line in provenance_lines(prov):
+        typer.echo(line, err=True)
+    stale = stale_text(prov, None)
+    if stale:
+        typer.echo(stale, err=True)
     typer.echo(str(folder / "report.html"))
 
 

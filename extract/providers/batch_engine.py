@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from extract.errors import ConfigError, ProviderError
-from extract.providers.decoding import Constraint, Generation
+from extract.providers.decoding import Constraint, Generation, TokenGuard
 from extract.providers.local_model import LlamaCppModel, LocalModel
 from extract.settings import Settings
 
@@ -70,6 +70,7 @@ class _Request:
     max_tokens: int
     null_penalty: float
     prefix: str | None
+    guard: TokenGuard | None
     future: concurrent.futures.Future[Generation] = field(default_factory=concurrent.futures.Future)
 
 
@@ -123,12 +124,13 @@ class BatchEngine:
     # -- the caller's side ---------------------------------------------------------------
 
     async def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
-                       null_penalty: float = 0.0, prefix: str | None = None) -> Generation:
+                       null_penalty: float = 0.0, prefix: str | None = None,
+                       guard: TokenGuard | None = None) -> Generation:
         """What ``LlamaCppModel.generate`` returns, decoded in a batch with the other callers'.
 
         Cancelling the awaiting task drops the sequence at the next step and frees its slot.
         """
-        request = _Request(prompt, grammar, max_tokens, null_penalty, prefix)
+        request = _Request(prompt, grammar, max_tokens, null_penalty, prefix, guard)
         with self._lock:
             if self.closed:
                 raise ProviderError("the batch engine is closed", endpoint="local")
@@ -209,7 +211,8 @@ class BatchEngine:
                     # Longer than a slot's stream: decoded alone on the model's own context
                     # (it fits there; the batch waits for this one document).
                     _answer(request.future, model.generate(
-                        request.prompt, request.grammar, request.max_tokens, request.null_penalty, request.prefix))
+                        request.prompt, request.grammar, request.max_tokens, request.null_penalty, request.prefix,
+                        request.guard))
                     continue
                 prefix = tuple(tokens[: model._prefix_length(tokens, request.prefix)])
                 free = set(range(self.slots)) - set(self._active)
@@ -363,6 +366,7 @@ class BatchEngine:
         import llguidance.numpy as llg_np
 
         model = self.model
+        guard = request.guard
         matcher = None
         bitmask = None
         if request.grammar is not None:
@@ -384,6 +388,9 @@ class BatchEngine:
                 ff = matcher.compute_ff_tokens()[: max_tokens - len(out)]
                 if len(ff) > 1 and model.fast_forward:
                     matcher.consume_tokens(ff)
+                    if guard is not None:
+                        for t in ff:
+                            guard.feed(model._spellings[t])
                     out.extend(ff)
                     logprobs.extend([None] * len(ff))
                     forced += len(ff)
@@ -392,7 +399,7 @@ class BatchEngine:
                         break
                     logits = yield ff
                     continue
-            tok, chosen_lp = model._pick(logits, matcher, bitmask, request.null_penalty)
+            tok, chosen_lp = model._pick(logits, matcher, bitmask, request.null_penalty, guard)
             if tok in model._eos:
                 finish = "stop"
                 break
@@ -402,6 +409,8 @@ class BatchEngine:
                     raise ProviderError(f"llguidance matcher failed: {matcher.get_error()}", endpoint="local")
             out.append(tok)
             logprobs.append(chosen_lp)
+            if guard is not None:
+                guard.feed(model._spellings[tok])
             if len(out) < max_tokens and not (matcher is not None and matcher.is_stopped()):
                 logits = yield [tok]
         text, ends = model._text_and_ends(out)

@@ -12,11 +12,21 @@ import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-__all__ = ["Constraint", "Generation", "GrammarKind", "clear_compiled_grammars", "file_digest", "outlines_processor"]
+__all__ = ["Constraint", "Generation", "GrammarKind", "TokenGuard", "clear_compiled_grammars", "file_digest",
+           "outlines_processor"]
 
 GrammarKind = Literal["json_schema", "regex", "lark"]
+
+
+class TokenGuard(Protocol):
+    """A veto on sampled tokens beyond the grammar (``extract.spec.span_guard.SpanGuard``):
+    ``feed`` sees every kept token's bytes, ``allows`` a candidate's before it is taken."""
+
+    def feed(self, piece: bytes) -> None: ...
+
+    def allows(self, piece: bytes) -> bool: ...
 
 
 @lru_cache(maxsize=16)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from extract.errors import ConfigError, ProviderError
-from extract.providers.decoding import Constraint, Generation, file_digest, outlines_processor
+from extract.providers.decoding import Constraint, Generation, TokenGuard, file_digest, outlines_processor
 from extract.providers.prefix_cache import PrefixStore
 from extract.settings import Settings
 from extract.types import ModelInfo
@@ -41,6 +41,7 @@ __all__ = [
     "Constraint",
     "Generation",
     "LocalModel",
+    "TokenGuard",
     "check_gguf",
     "embedded_model_path",
     "file_digest",
@@ -203,7 +204,8 @@ class LocalModel(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
-                 null_penalty: float = 0.0, prefix: str | None = None) -> Generation: ...
+                 null_penalty: float = 0.0, prefix: str | None = None,
+                 guard: TokenGuard | None = None) -> Generation: ...
 
 
 class LlamaCppModel:
@@ -304,9 +306,11 @@ class LlamaCppModel:
         return len(self._tokenize(text))
 
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
-                 null_penalty: float = 0.0, prefix: str | None = None) -> Generation:
+                 null_penalty: float = 0.0, prefix: str | None = None,
+                 guard: TokenGuard | None = None) -> Generation:
         """Greedy constrained decoding; ``null_penalty`` (fast decoder only) is subtracted from
         the logits of ``null`` wherever the grammar also allows a string to start there.
+        ``guard`` (fast decoder only) vetoes a sampled token; the next best allowed one is taken.
 
         ``prefix``: the start of ``prompt`` that other documents of the same spec share
         (``extract.spec.prompt.shared_prefix``). It is evaluated on its own, reused from memory
@@ -315,7 +319,7 @@ class LlamaCppModel:
         with self._lock:  # one llama context: decodes are serialised per model
             if self._decoder == "outlines":
                 return self._generate_outlines(prompt, grammar, max_tokens)
-            return self._generate_fast(prompt, grammar, max_tokens, null_penalty, prefix)
+            return self._generate_fast(prompt, grammar, max_tokens, null_penalty, prefix, guard)
 
     def _null_tokens(self) -> tuple[list[int], int | None]:
         """(tokens that spell ``null`` or a prefix of it, the token of a lone ``"``), cached."""
@@ -334,7 +338,8 @@ class LlamaCppModel:
         return self._nulls
 
     def _generate_fast(self, prompt: str, grammar: Constraint | None, max_tokens: int,
-                       null_penalty: float = 0.0, prefix: str | None = None) -> Generation:
+                       null_penalty: float = 0.0, prefix: str | None = None,
+                       guard: TokenGuard | None = None) -> Generation:
         import llama_cpp
         import llguidance
         import llguidance.numpy as llg_np
@@ -378,6 +383,9 @@ class LlamaCppModel:
                     # Grammar-forced tokens (JSON keys, punctuation) need no sampling:
                     # one batched eval instead of one decode step each.
                     matcher.consume_tokens(ff)
+                    if guard is not None:
+                        for t in ff:
+                            guard.feed(self._spellings[t])
                     out.extend(ff)
                     logprobs.extend([None] * len(ff))
                     forced += len(ff)
@@ -391,7 +399,7 @@ class LlamaCppModel:
             logits = np.ctypeslib.as_array(
                 llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)
             )
-            tok, chosen_lp = self._pick(logits, matcher, bitmask, null_penalty)
+            tok, chosen_lp = self._pick(logits, matcher, bitmask, null_penalty, guard)
             if tok in self._eos:
                 finish = "stop"
                 break
@@ -402,6 +410,8 @@ class LlamaCppModel:
                                         endpoint="local")
             out.append(tok)
             logprobs.append(chosen_lp)
+            if guard is not None:
+                guard.feed(self._spellings[tok])
             if len(out) < max_tokens and not (matcher is not None and matcher.is_stopped()):
                 llm.eval([tok])
         text, ends = self._text_and_ends(out)
@@ -417,9 +427,11 @@ class LlamaCppModel:
             token_logprobs=logprobs if matcher is not None else [],
         )
 
-    def _pick(self, logits: Any, matcher: Any, bitmask: Any, null_penalty: float) -> tuple[int, float | None]:
+    def _pick(self, logits: Any, matcher: Any, bitmask: Any, null_penalty: float,
+              guard: TokenGuard | None = None) -> tuple[int, float | None]:
         """One chosen step: mask ``logits`` (in place) to the grammar, discount ``null``, take the
-        argmax; returns (token, its log-probability, None when the grammar allowed only it).
+        argmax (the best one ``guard`` allows); returns (token, its log-probability, None when
+        the grammar allowed only it). The caller feeds the chosen token to the guard.
 
         Shared by ``_generate_fast`` and the batched engine (``batch_engine``), so both paths
         apply the same penalty and record the same per-token probabilities.
@@ -428,7 +440,8 @@ class LlamaCppModel:
         import numpy as np
 
         if matcher is None or bitmask is None:
-            return int(logits.argmax()), None
+            tok = int(logits.argmax())
+            return (tok if guard is None else _guarded(guard, logits, tok, self._spellings)), None
         llg_np.fill_next_token_bitmask(matcher, bitmask, 0)
         llg_np.apply_token_bitmask_inplace(logits, bitmask[0])
         # The model's own distribution over the allowed tokens, before the null
@@ -443,9 +456,12 @@ class LlamaCppModel:
                 logits[nulls] -= null_penalty
                 penalized = set(nulls)
         tok = int(logits.argmax())
+        only = np.isfinite(logits).sum() <= 1
+        if guard is not None:
+            tok = _guarded(guard, logits, tok, self._spellings)
         lp = float(logits[tok]) + (null_penalty if tok in penalized else 0.0) - norm
         # A step with one allowed token is forced even when llguidance did not say so.
-        return tok, None if lp > -1e-9 and np.isfinite(logits).sum() <= 1 else lp
+        return tok, None if lp > -1e-9 and only else lp
 
     def _text_and_ends(self, out: list[int]) -> tuple[str, list[int]]:
         """The decoded text of ``out`` and where each token ends in it (characters; empty when
@@ -582,6 +598,27 @@ class LlamaCppModel:
             finish_reason="length" if n_out >= max_tokens else "stop",
             seconds=time.perf_counter() - start,
         )
+
+
+# How many vetoed candidates a step tries before it gives the guard up for that step.
+_GUARD_TRIES = 64
+
+
+def _guarded(guard: TokenGuard, logits: Any, tok: int, spellings: list[bytes]) -> int:
+    """The best token the guard allows, ``logits`` (already masked) edited in place; the
+    grammar's own choice when the guard vetoes every candidate it is shown."""
+    import numpy as np
+
+    first, first_logit = tok, float(logits[tok])
+    for _ in range(_GUARD_TRIES):
+        if guard.allows(spellings[tok]):
+            return tok
+        logits[tok] = -np.inf
+        tok = int(logits.argmax())
+        if not np.isfinite(logits[tok]):
+            break
+    logits[first] = first_logit
+    return first
 
 
 def _llg_tokenizer(vocab: Any, tokens: list[bytes]) -> Any:

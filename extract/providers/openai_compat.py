@@ -70,7 +70,9 @@ __all__ = [
     "gbnf_refusal",
     "grammar_body_for",
     "is_mode_rejection",
+    "known_endpoint_state",
     "normalise",
+    "pending_grammar_probes",
     "probe_grammar_mode",
     "reset_endpoint_states",
     "response_format_for",
@@ -565,6 +567,25 @@ class EndpointState:
 
 
 _STATES: dict[tuple[str, str], EndpointState] = {}
+
+
+def pending_grammar_probes(state: EndpointState | None) -> int:
+    """How many probe calls the grammar ladder may still make on this endpoint before it
+    settles: one per rung above ``prompt`` that is neither refused nor shown enforced, down
+    to the first enforced one (all of them when nothing is known yet)."""
+    pending = 0
+    for rung in GRAMMAR_LADDER[:-1]:
+        if state is not None and rung in state.grammar_ladder.rejected:
+            continue
+        if state is not None and rung in state.grammar_enforced:
+            break
+        pending += 1
+    return pending
+
+
+def known_endpoint_state(endpoint: Endpoint) -> EndpointState | None:
+    """What this process has learnt about ``endpoint``, without creating a record."""
+    return _STATES.get(endpoint.key)
 
 
 def endpoint_state(endpoint: Endpoint) -> EndpointState:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from extract.errors import ConfigError
-from extract.providers.decoding import Constraint, Generation, file_digest, outlines_processor
+from extract.providers.decoding import Constraint, Generation, TokenGuard, file_digest, outlines_processor
 from extract.settings import Settings
 from extract.types import ModelInfo
 
@@ -99,9 +99,10 @@ class TransformersModel:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
-                 null_penalty: float = 0.0, prefix: str | None = None) -> Generation:
-        """Outlines' generator; ``null_penalty`` and ``prefix`` are llama.cpp fast-decoder
-        levers (logit penalty, prefix KV reuse), not applied here."""
+                 null_penalty: float = 0.0, prefix: str | None = None,
+                 guard: TokenGuard | None = None) -> Generation:
+        """Outlines' generator; ``null_penalty``, ``prefix`` and ``guard`` are llama.cpp
+        fast-decoder levers (logit penalty, prefix KV reuse, span-reuse veto), not applied here."""
         start = time.perf_counter()
         n_in = self.count_tokens(prompt)
         if n_in + 1 > self.n_ctx:

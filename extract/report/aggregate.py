@@ -13,29 +13,44 @@ The definitions, once (the DESIGN's, made exact):
 - *valid as generated*: an attempt with no error, not skipped, not ``repaired``;
 - *valid after repair*: an attempt with no error, repaired or not;
 - *valid JSON*: an attempt that reached a model and whose ``raw`` parses as JSON as it is;
+- an item whose extraction raised (a ``bad_row`` naming the exception) *crashed*: it ran and
+  failed, and counts in every rate, unlike bad input;
 - *skipped* attempts (``unavailable``, ``unsupported``) are counted apart: they are not
   failures of generation, and an item whose every tier refused its schema is a
   compile-coverage failure;
 - an item's *model calls* are its attempts that reached a model (not skipped, not stopped
   by the breaker or the deadline before the call);
-- field accuracy is micro precision / recall / F1 over leaf fields, values compared after
-  lower-casing, collapsing whitespace and trimming edge punctuation (the gold spans keep
-  the text's punctuation, e.g. ``"(1994)."``), plus exact match: no missed and no extra leaf.
+- field accuracy (micro F1 over leaf fields, exact match), the 95% intervals and the schema
+  corpora's compile and empirical coverage are ``extract.report.scoring``'s, defined there
+  once for every benchmark. A corpus item's last row carries ``item_schema_valid``: whether its
+  value validates against the full schema (``scoring.instance_valid``); empirical coverage
+  counts that, not the chain's own verdict.
 
-This module imports only the standard library and ``extract.types``.
+This module imports only the standard library, ``extract.types`` and ``extract.report``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from extract.report.confidence import auroc, expected_calibration_error, precision_at_coverage, reliability_bins
+from extract.report.scoring import (
+    FieldCounts,
+    bootstrap_interval,
+    field_counts,
+    field_path,
+    field_tally,
+    leaves,
+    matches,
+    normalise,
+    wilson_interval,
+)
 from extract.types import Attempt, Result
 
 __all__ = [
@@ -56,13 +71,6 @@ __all__ = [
 # Errors recorded before any request left: not model calls.
 NO_CALL = frozenset({"breaker_open", "deadline", "unavailable", "unsupported", "bad_row"})
 _SKIP_TYPES = frozenset({"unavailable", "unsupported"})
-_EDGE = re.compile(r"^[\W_]+|[\W_]+$")
-_SPACE = re.compile(r"\s+")
-
-
-def normalise(value: Any) -> str:
-    """Case, whitespace and edge punctuation do not count against a value."""
-    return _SPACE.sub(" ", _EDGE.sub("", str(value).lower())).strip()
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -74,44 +82,6 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     lo = math.floor(pos)
     hi = math.ceil(pos)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def leaves(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Leaf fields as ``path -> value``; a list of scalars is one leaf, empty values are dropped."""
-    out: dict[str, Any] = {}
-    if isinstance(value, Mapping):
-        for key, sub in value.items():
-            out.update(leaves(sub, f"{prefix}.{key}" if prefix else str(key)))
-    elif isinstance(value, list) and any(isinstance(v, (Mapping, list)) for v in value):
-        for i, sub in enumerate(value):
-            out.update(leaves(sub, f"{prefix}[{i}]"))
-    elif value is not None and value != "" and value != []:
-        out[prefix] = value
-    return out
-
-
-def _matches(predicted: Any, gold: Any) -> bool:
-    """A scalar matches a gold scalar or any of a gold list's values (the datasets' alternatives);
-    a predicted list matches when it holds the same values as the gold."""
-    options = gold if isinstance(gold, list) else [gold]
-    wanted = {normalise(o) for o in options}
-    if isinstance(predicted, list):
-        return {normalise(p) for p in predicted} == wanted
-    return normalise(predicted) in wanted
-
-
-def field_counts(predicted: Any, gold: Any) -> tuple[int, int, int]:
-    """(true positives, false positives, false negatives) over leaf fields."""
-    pred = leaves(predicted) if predicted is not None else {}
-    want = leaves(gold) if gold is not None else {}
-    tp = fp = 0
-    for path, value in pred.items():
-        if path in want and _matches(value, want[path]):
-            tp += 1
-        else:
-            fp += 1
-    fn = len(want) - tp
-    return tp, fp, fn
 
 
 def _gold_for(path: str, gold: Any) -> Any:
@@ -144,7 +114,7 @@ def confidence_figures(outcomes: Iterable[ItemOutcome]) -> dict[str, dict[str, A
             want = _gold_for(str(f.get("path", "")), gold)
             scores, labels = by_tier.setdefault(str(winner.get("tier")), ([], []))
             scores.append(float(conf))
-            labels.append(want is not None and _matches(f.get("value"), want))
+            labels.append(want is not None and matches(f.get("value"), want))
     return {
         tier: {"values": len(s), "precision": sum(y) / len(y), "auroc": auroc(s, y),
                "ece": expected_calibration_error(s, y),
@@ -251,6 +221,7 @@ class ItemOutcome:
 
     item: str
     rows: list[dict[str, Any]]
+    _counts: tuple[int, int, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def last(self) -> dict[str, Any]:
@@ -258,7 +229,16 @@ class ItemOutcome:
 
     @property
     def bad(self) -> bool:
-        return any((r.get("error") or {}).get("type") == "bad_row" for r in self.rows)
+        """Bad input (a row without text, a schema that does not load): counted apart."""
+        return not self.crashed and any((r.get("error") or {}).get("type") == "bad_row" for r in self.rows)
+
+    @property
+    def crashed(self) -> bool:
+        """The extraction raised (the benchmark records the exception's name): a failure of the
+        code under test, counted against it like any other failure, never as bad input."""
+        return any((r.get("error") or {}).get("type") == "bad_row"
+                   and any("exception" in d for d in (r.get("error") or {}).get("details") or [])
+                   for r in self.rows)
 
     @property
     def ok(self) -> bool:
@@ -266,7 +246,7 @@ class ItemOutcome:
 
     @property
     def all_skipped(self) -> bool:
-        return all(r.get("skipped") for r in self.rows)
+        return not self.crashed and all(r.get("skipped") for r in self.rows)
 
     @property
     def unsupported(self) -> bool:
@@ -277,6 +257,44 @@ class ItemOutcome:
 
     def winner(self) -> dict[str, Any] | None:
         return next((r for r in self.rows if _row_ok(r)), None)
+
+    @cached_property
+    def calls(self) -> int:
+        """Attempts that reached a model."""
+        return sum(1 for r in self.rows
+                   if not r.get("skipped") and (r.get("error") or {}).get("type", "") not in NO_CALL)
+
+    @cached_property
+    def tokens(self) -> int:
+        return sum(int((r.get("usage") or {}).get("total_tokens", 0)) for r in self.rows)
+
+    def cause(self) -> str:
+        """Why an item that produced nothing failed: its last real attempt's cause, or why
+        every tier was skipped."""
+        if self.bad:
+            return "bad_row"
+        if self.crashed:
+            return "crashed"
+        if self.all_skipped:
+            kinds = [str((r.get("error") or {}).get("type") or "skipped") for r in self.rows]
+            return "unsupported" if self.unsupported else kinds[0]
+        last = next((r for r in reversed(self.rows) if r.get("error") and not r.get("skipped")), None)
+        if last is None:
+            return "no_result"
+        return failure_cause(str(last["error"]["type"]), last["error"].get("details") or [])
+
+    def field_counts(self) -> tuple[int, int, int]:
+        """(tp, fp, fn) of the item's value against its gold; a failed item predicts nothing."""
+        if self._counts is None:
+            self._counts = field_counts(self.last.get("item_value") if self.ok else None, self.last.get("gold"))
+        return self._counts
+
+    def covered(self, checked: bool) -> bool:
+        """Empirical coverage: a value that validates against the full schema (when the rows
+        say so), else the chain's own verdict."""
+        if self.bad or self.all_skipped or not self.ok:
+            return False
+        return bool(self.last.get("item_schema_valid")) if checked else True
 
 
 def _row_ok(row: Mapping[str, Any]) -> bool:
@@ -300,6 +318,11 @@ class RunFigures:
     def add_item(self, outcome: ItemOutcome) -> None:
         self.items.append(outcome)
         if outcome.bad:
+            return
+        if outcome.crashed:
+            tier = self.tiers.setdefault(self.policy, TierFigures(self.policy))
+            tier.attempts += 1
+            tier.failures["crashed"] += 1
             return
         for row in outcome.rows:
             name = str(row.get("tier") or self.policy)
@@ -330,41 +353,22 @@ class RunFigures:
         n = len(good)
         valid = [o for o in ran if o.ok]
         generated = [o for o in valid if not (o.winner() or {}).get("repaired")]
-        calls = tokens = 0
-        for o in ran:
-            for r in o.rows:
-                etype = (r.get("error") or {}).get("type", "")
-                if not r.get("skipped") and etype not in NO_CALL:
-                    calls += 1
-                tokens += int((r.get("usage") or {}).get("total_tokens", 0))
-        latencies = [float(o.last.get("item_latency_s") or 0.0) for o in ran]
         failures: Counter[str] = Counter()
         for o in good:
-            if o.ok:
-                continue
-            if o.all_skipped:
-                kinds = [str((r.get("error") or {}).get("type") or "skipped") for r in o.rows]
-                failures["unsupported" if o.unsupported else kinds[0]] += 1
-                continue
-            last = next(r for r in reversed(o.rows) if r.get("error") and not r.get("skipped"))
-            err = last["error"]
-            failures[failure_cause(str(err["type"]), err.get("details") or [])] += 1
+            if not o.ok:
+                failures[o.cause()] += 1
         for o in self.items:
             if o.bad:
                 failures["bad_row"] += 1
-        tp = fp = fn = exact = scored = 0
-        for o in ran:
-            gold = o.last.get("gold")
-            if gold is None:
-                continue
-            scored += 1
-            a, b, c = field_counts(o.last.get("item_value") if o.ok else None, gold)
-            tp, fp, fn = tp + a, fp + b, fn + c
-            exact += b == 0 and c == 0
-        precision = _frac(tp, tp + fp)
-        recall = _frac(tp, tp + fn)
-        f1 = _frac(2 * tp, 2 * tp + fp + fn) if scored else None
-        return {
+        scored = [o for o in ran if o.last.get("gold") is not None]
+        counts = FieldCounts.total(o.field_counts() for o in scored)
+        # A schema corpus: the full schema decides, checked apart from the chain's verdict.
+        checked = any("item_schema_valid" in o.last for o in good)
+        covered = [o for o in good if o.covered(checked)]
+        covered_generated = [o for o in covered if not (o.winner() or {}).get("repaired")]
+        witnessed = [o for o in good if o.last.get("item_witness")]
+        latencies = [float(o.last.get("item_latency_s") or 0.0) for o in ran]
+        out: dict[str, Any] = {
             "data": self.data,
             "schema": self.schema,
             "policy": self.policy,
@@ -374,22 +378,96 @@ class RunFigures:
             "bad_rows": len(self.items) - n,
             "compile_coverage": _frac(sum(not o.unsupported for o in good), n),
             # JSONSchemaBench's "empirical coverage": valid results over every item, refusals included.
-            "empirical_coverage": _frac(len(valid), n),
+            "empirical_coverage": _frac(len(covered), n),
+            "empirical_coverage_generated": _frac(len(covered_generated), n),
             "valid_json": _frac(sum(any(_valid_json(r.get("raw")) for r in o.rows) for o in ran), len(ran)),
             "schema_valid_generated": _frac(len(generated), len(ran)),
             "schema_valid_after_repair": _frac(len(valid), len(ran)),
-            "field_precision": precision if scored else None,
-            "field_recall": recall if scored else None,
-            "field_f1": f1,
-            "exact_match": _frac(exact, scored),
-            "calls_per_valid": _frac(calls, len(valid)),
-            "tokens_per_valid": _frac(tokens, len(valid)),
+            "field_precision": counts.precision if scored else None,
+            "field_recall": counts.recall if scored else None,
+            "field_f1": counts.f1 if scored else None,
+            "exact_match": _frac(sum(FieldCounts(*o.field_counts()).exact for o in scored), len(scored)),
+            "calls_per_valid": _per_valid(ran, _calls),
+            "tokens_per_valid": _per_valid(ran, _tokens),
             "latency_p50_s": percentile(latencies, 50),
             "latency_p95_s": percentile(latencies, 95),
             "failures": dict(sorted(failures.items())),
             "tiers": [t.to_json() for t in self.tiers.values()],
-            **({"confidence": conf} if (conf := confidence_figures(ran)) else {}),
         }
+        if checked:
+            out["schema_checked"] = True
+            if witnessed:
+                # Over the schemas known to admit an instance (the test suite lists one for most).
+                out["witnessed"] = len(witnessed)
+                out["empirical_coverage_witnessed"] = _frac(sum(o in covered for o in witnessed), len(witnessed))
+        out["ci95"] = self._intervals(n, ran, valid, generated, scored, covered, covered_generated)
+        fields = field_figures(scored)
+        if fields:
+            out["fields"] = fields
+        if conf := confidence_figures(ran):
+            out["confidence"] = conf
+        return out
+
+    @staticmethod
+    def _intervals(n: int, ran: list[ItemOutcome], valid: list[ItemOutcome], generated: list[ItemOutcome],
+                   scored: list[ItemOutcome], covered: list[ItemOutcome],
+                   covered_generated: list[ItemOutcome]) -> dict[str, list[float] | None]:
+        """95% intervals: Wilson for every proportion, a seeded item bootstrap for the rest."""
+
+        def interval(value: tuple[float, float] | None) -> list[float] | None:
+            return list(value) if value is not None else None
+
+        def f1_of(items: Sequence[ItemOutcome]) -> float | None:
+            return FieldCounts.total(o.field_counts() for o in items).f1
+
+        return {
+            "empirical_coverage": interval(wilson_interval(len(covered), n)),
+            "empirical_coverage_generated": interval(wilson_interval(len(covered_generated), n)),
+            "schema_valid_generated": interval(wilson_interval(len(generated), len(ran))),
+            "schema_valid_after_repair": interval(wilson_interval(len(valid), len(ran))),
+            "exact_match": interval(wilson_interval(
+                sum(FieldCounts(*o.field_counts()).exact for o in scored), len(scored))),
+            "field_f1": interval(bootstrap_interval(scored, f1_of)),
+            "calls_per_valid": interval(bootstrap_interval(ran, lambda s: _per_valid(s, _calls))),
+            "tokens_per_valid": interval(bootstrap_interval(ran, lambda s: _per_valid(s, _tokens))),
+            "latency_p50_s": interval(bootstrap_interval(
+                ran, lambda s: percentile([float(o.last.get("item_latency_s") or 0.0) for o in s], 50))),
+        }
+
+
+def _calls(o: ItemOutcome) -> int:
+    return o.calls
+
+
+def _tokens(o: ItemOutcome) -> int:
+    return o.tokens
+
+
+def _per_valid(items: Sequence[ItemOutcome], cost: Callable[[ItemOutcome], int]) -> float | None:
+    """Cost summed over every item (failed ones included) per valid result."""
+    valid = sum(o.ok for o in items)
+    return sum(cost(o) for o in items) / valid if valid else None
+
+
+def field_figures(scored: Iterable[ItemOutcome]) -> list[dict[str, Any]]:
+    """Per field (list positions folded): gold values, right, wrong, missed and extra, and F1;
+    the fields most often wrong first."""
+    tally: dict[str, list[int]] = {}
+    for o in scored:
+        for path, (tp, fp, fn) in field_tally(o.last.get("item_value") if o.ok else None,
+                                             o.last.get("gold")).items():
+            t = tally.setdefault(field_path(path), [0, 0, 0, 0, 0])  # gold, right, wrong, missed, extra
+            t[0] += tp or fn
+            t[1] += tp
+            t[2] += fp and fn
+            t[3] += fn and not fp
+            t[4] += fp and not fn
+    out = []
+    for name, (gold, right, wrong, missed, extra) in tally.items():
+        counts = FieldCounts(right, wrong + extra, wrong + missed)
+        out.append({"field": name, "gold": gold, "right": right, "wrong": wrong, "missed": missed,
+                    "extra": extra, "f1": counts.f1})
+    return sorted(out, key=lambda f: (-(f["wrong"] + f["missed"] + f["extra"]), f["field"]))
 
 
 def group_items(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], list[ItemOutcome]]:

@@ -5,7 +5,8 @@ return each item with the span of text it was read from. The request is the list
 ``{"items": [Item, ...]}`` run through the whole chain (so budget, cache, logs, PII and
 every tier apply), one *window* of the text at a time:
 
-- ``split="lines"`` (the default): every non-blank line is a window. A bibliography, an
+- ``split="lines"`` (the default): every non-blank line is a window (a line with fewer words
+  than the values an item needs, such as a one-word heading, is named and not sent). A bibliography, an
   invoice's lines, a letter's paragraphs: one line holds a few items at most, and a 135M
   model asked for the list of a whole page repeats its first item (measured: 8 references
   in, one title repeated 40 times out), while asked for one line's list it answers that
@@ -26,9 +27,12 @@ their spans overlap by more than half of the shorter one, so an item seen twice 
 overlap is kept once (the copy from the window that holds it whole) while two identical
 references at different places stay two items. An item with fewer than ``min_fields``
 distinct values (default 2: a heading, a salutation) is rejected, not returned; windows
-whose call failed are named as failed spans. ``Result.items`` lists every span with its
-status (``ok``, ``rejected``, ``failed``), so nothing is dropped silently; its ``ok``
-entries line up one to one with ``Result.value``.
+whose call failed are named as failed spans; what is left of a window that was read, outside
+every span, and holds a letter or a digit is named ``empty`` (measured on the native tier: a
+reference line answered with ``{"items": []}``, which was neither returned nor named before).
+``Result.items`` lists every span with its status (``ok``, ``rejected``, ``failed``,
+``empty``), named spans less what the kept items hold, so no text that was read is dropped
+silently; its ``ok`` entries line up one to one with ``Result.value``.
 
 ``passes=2`` reads the text again with every found item's span blanked out (offsets are
 kept), so a second item on a line, or an item the first reading merged into its neighbour,
@@ -42,9 +46,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -54,17 +59,21 @@ from extract.errors import ConfigError
 from extract.runtime.chunking import plan_chunks
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec
+from extract.spec.prompt import Example
 from extract.tiers.base import Tier
 from extract.types import AttemptError, Chunk, Result
 from extract.validate import check
 
-__all__ = ["ItemRun", "Split", "failed_spans", "item_list_spec", "locate", "partial_items"]
+__all__ = ["ItemRun", "Split", "failed_spans", "item_list_spec", "list_answer", "locate", "partial_items"]
 
 Split = Literal["lines", "chunks"]
+# ``empty``: text that was read and in which no item was found (an answer with no item there).
+Status = Literal["ok", "rejected", "failed", "empty"]
 # The most items one call may return: a line holds a few at most; a chunk up to a page.
 LINE_MAX_ITEMS = 2
 CHUNK_MAX_ITEMS = 64
 _LINE = re.compile(r"[^\n]+")
+_WORD = re.compile(r"\w+")
 
 
 class _Chain(Protocol):
@@ -109,6 +118,24 @@ def item_list_spec(item: Any, max_items: int) -> tuple[Spec, Spec]:
     if inner.get("copy_from_input"):
         wrapper["copy_from_input"] = True  # span-copy marks sit on the root
     return spec, compile_spec(wrapper)
+
+
+def list_answer(item: Any, answer: Any) -> Any:
+    """A worked example's answer for ``run``, given as one item (a model instance or a dict)
+    or as the list of the items its text holds, as the answer of a list window:
+    ``{"items": [...]}`` with every nullable field written, as the list spec asks (a missing
+    required field is left for the pool's validation to name)."""
+    spec, _ = item_list_spec(item, LINE_MAX_ITEMS)
+    assert spec.schema is not None
+    props = spec.schema["properties"]
+
+    def full(one: Any) -> Any:
+        data = one.model_dump(mode="json") if isinstance(one, BaseModel) else one
+        if not isinstance(data, dict):
+            return data
+        return {**data, **{k: None for k, v in props.items() if k not in data and _nullable(v)}}
+
+    return {"items": [full(one) for one in answer] if isinstance(answer, list) else [full(answer)]}
 
 
 def _nullable(node: Any) -> bool:
@@ -206,7 +233,7 @@ class Found:
 
     start: int
     end: int
-    status: Literal["ok", "rejected", "failed"]
+    status: Status
     value: Any = None
     window: int = 0
     pass_: int = 1
@@ -222,6 +249,23 @@ class Found:
         if self.error is not None:
             out["error"] = self.error.model_dump(mode="json")
         return out
+
+
+def _uncovered(text: str, start: int, end: int, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The stretches of ``text[start:end]`` outside every span that hold a letter or a digit
+    (punctuation and space between two items is no item), trimmed of surrounding space."""
+    out: list[tuple[int, int]] = []
+    at = start
+    for s, e in sorted([*spans, (end, end)]):
+        if s > at:
+            piece = text[at:min(s, end)]
+            if any(ch.isalnum() for ch in piece):
+                lead = len(piece) - len(piece.lstrip())
+                out.append((at + lead, at + len(piece.rstrip())))
+        at = max(at, e)
+        if at >= end:
+            break
+    return out
 
 
 def _overlaps(a: Found, b: Found) -> bool:
@@ -246,6 +290,9 @@ class ItemRun:
     passes: int = 1
     split: Split = "lines"
     min_fields: int = 2
+    # The largest choice of worked examples a window's prompt may show (an Extractor's pool),
+    # counted when a line is sized against the context.
+    plan_examples: Callable[[Spec], list[Example]] | None = None
     kept: list[Found] = field(default_factory=list)
     dropped: list[Found] = field(default_factory=list)
     calls: list[Chunk] = field(default_factory=list)
@@ -281,6 +328,7 @@ class ItemRun:
 
     # -- windows -------------------------------------------------------------------------
     async def _windows(self, text: str) -> list[tuple[int, int]]:
+        examples = self.plan_examples(self.list_spec) if self.plan_examples is not None else []
         if self.split == "lines":
             out = []
             for m in _LINE.finditer(text):
@@ -293,26 +341,44 @@ class ItemRun:
                     out.append((s, e))
             # A line longer than the context is read in overlapping token chunks like a text.
             windows: list[tuple[int, int]] = []
-            for s, e in out:
+            for s, e in self._too_short(text, out):
                 sub = await asyncio.to_thread(plan_chunks, text[s:e], self.list_spec, self.chain.settings,
-                                              self.chain.tiers)
+                                              self.chain.tiers, examples)
                 windows += [(s + a, s + b) for a, b in sub] if sub is not None else [(s, e)]
             return windows
         spans = await asyncio.to_thread(plan_chunks, text, self.list_spec, self.chain.settings,
-                                        self.chain.tiers)
+                                        self.chain.tiers, examples)
         return spans if spans is not None else [(0, len(text))]
+
+    def _too_short(self, text: str, lines: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``lines`` less those with fewer words than the ``need_fields`` values an item needs
+        (a one-word heading): those are named ``empty`` (``too_short``) and not sent. Read
+        alone, such a line cost a call before the first reference, and the time to the first
+        item doubled (measured on the native tier: 2.17x one single extraction); read with
+        the next line, the 135M model took the heading for the item's name."""
+        out = []
+        for s, e in lines:
+            if len(_WORD.findall(text, s, e)) >= self.need_fields:
+                out.append((s, e))
+            else:
+                self._keep(Found(s, e, "empty", error=AttemptError(
+                    type="too_short", message=f"fewer words than the {self.need_fields} values an item "
+                    "needs: not sent to the model")))
+        return out
 
     # -- one window --------------------------------------------------------------------
     async def _read_window(self, text: str, index: int, ws: int, we: int, pass_: int) -> list[Found]:
         """Every item of ``text[ws:we]``, continuing after a cut answer; appends to ``calls``."""
         found: list[Found] = []
         cursor, continuation = ws, 0
+        read = False
         while cursor < we and text[cursor:we].strip():
             piece = text[cursor:we]
             if (cursor, piece) in self._read:  # an earlier pass read this very text here
                 self.skipped_windows += 1
                 break
             self._read.add((cursor, piece))
+            read = True
             res = await self.chain.arun(piece, self._spec_for(piece))
             for a in res.attempts:
                 a.meta.update({"window": index, "window_start": cursor, "window_end": we,
@@ -388,14 +454,17 @@ class ItemRun:
             if nxt <= cursor:
                 break
             cursor, continuation = nxt, continuation + 1
+        if read:  # what no answer placed an item on is named too: nothing goes silently
+            found += [Found(a, b, "empty", window=index, pass_=pass_, error=AttemptError(
+                type="no_item", message="read, but no item was found in this text"))
+                for a, b in _uncovered(text, ws, we, [(f.start, f.end) for f in found])]
         return found
 
     def _keep(self, f: Found) -> Found | None:
         """Add ``f`` unless an item with its span is kept; the copy a window holds whole wins.
         Returns the item it replaced or ``f`` itself when kept, None when ``f`` was a duplicate."""
         if f.status != "ok":
-            if not any(_overlaps(f, g) for g in self.kept) and not any(
-                    (f.start, f.end, f.status) == (g.start, g.end, g.status) for g in self.dropped):
+            if not any((f.start, f.end, f.status) == (g.start, g.end, g.status) for g in self.dropped):
                 self.dropped.append(f)
             return None
         for i, g in enumerate(self.kept):
@@ -443,11 +512,36 @@ class ItemRun:
                     chars[i] = " "
         return "".join(chars)
 
+    def _named(self, kept: list[Found]) -> list[Found]:
+        """Every span that was read but gave no item, less what the kept items hold: a failed
+        window, a rejected item or an empty stretch is named by what is left of it (a window
+        that failed beside an item found in the next window's overlap still names the rest
+        of its text). Empty stretches found by overlapping windows are merged, and left out
+        where a failed or rejected entry already names the text."""
+        taken = [(f.start, f.end) for f in kept]
+        out: list[Found] = []
+        for f in self.dropped:
+            if f.status == "empty":
+                continue
+            for a, b in _uncovered(self.text, f.start, f.end, taken):
+                out.append(dataclasses.replace(f, start=a, end=b))
+        empties = sorted((f for f in self.dropped if f.status == "empty"), key=lambda f: f.start)
+        merged: list[Found] = []
+        for f in empties:
+            if merged and f.start <= merged[-1].end:
+                merged[-1].end = max(merged[-1].end, f.end)
+            else:
+                merged.append(dataclasses.replace(f))
+        named = taken + [(f.start, f.end) for f in out]
+        for f in merged:
+            for a, b in _uncovered(self.text, f.start, f.end, named):
+                out.append(dataclasses.replace(f, start=a, end=b))
+        return sorted(out, key=lambda f: f.start)
+
     def result(self) -> Result:
         """The Result: ``value`` the items in document order, ``items`` every span's fate."""
         kept = sorted(self.kept, key=lambda f: f.start)
-        dropped = sorted((f for f in self.dropped if not any(_overlaps(f, g) for g in kept)),
-                         key=lambda f: f.start)
+        dropped = self._named(kept)
         attempts = [a for c in self.calls for a in c.result.attempts]
         tiers = sorted({c.result.tier for c in self.calls if c.result.tier})
         any_ok = any(c.result.ok for c in self.calls)

@@ -286,7 +286,10 @@ class Runtime:
             # An HTTP call retried after a cut answer may have been charged with no usage seen:
             # charge each extra try (beyond refused modes) at its worst case. Conservative: a
             # retried 429 or the first call's model lookup cost nothing.
-            retried = sum(max(0, int(a.meta.get("http_tries", 1)) - 1 - len(a.meta.get("rejected_modes", ())))
+            # A grammar probe is an HTTP call of its own whose tokens are in the usage already
+            # (a refused or ignored one is also a rejected mode).
+            retried = sum(max(0, int(a.meta.get("http_tries", 1)) - 1 - len(a.meta.get("rejected_modes", ()))
+                              - sum(1 for p in a.meta.get("probes", ()) if p.get("enforced")))
                           for a in attempts)
             if retried:
                 tokens += retried * (call.hold.tokens // call.calls)

@@ -21,7 +21,7 @@ from extract.spec.enforceable import enforceable
 from extract.spec.features import detect_features
 from extract.spec.grammar import Grammar
 from extract.spec.model import Regex, Spec, canonical_json
-from extract.spec.span_copy import COPY_KEY, apply_span_copy, copy_paths, strip_copy_marks
+from extract.spec.span_copy import COPY_KEY, CopySetting, apply_span_copy, copy_paths, strip_copy_marks
 
 __all__ = ["checked_after", "clear_constraint_cache", "compile_spec", "length_bucket", "local_constraint",
            "max_output_chars"]
@@ -197,11 +197,13 @@ def clear_constraint_cache() -> None:
     _constraint.cache_clear()
 
 
-def local_constraint(spec: Spec, text: str, *, copy_from_input: bool | None = None, bounds: bool = True) -> str:
+def local_constraint(spec: Spec, text: str, *, copy_from_input: CopySetting = None, bounds: bool = True,
+                     shapes: bool = False) -> str:
     """The JSON Schema text the local tier constrains decoding with, for this input.
 
     ``copy_from_input`` is the span-copy switch (None: as the schema marks it; see
-    ``extract.spec.span_copy``); ``bounds=False`` leaves strings and lists unbounded (only the
+    ``extract.spec.span_copy``); ``shapes`` narrows copied fields by the shape their name or
+    description names (``extract.spec.shapes``); ``bounds=False`` leaves strings and lists unbounded (only the
     ablation benchmark wants that, to measure what bounds buy).
     """
     if spec.schema is None:
@@ -216,7 +218,7 @@ def local_constraint(spec: Spec, text: str, *, copy_from_input: bool | None = No
             return base
         return json.dumps(strip_copy_marks(json.loads(base)), separators=(",", ":"), ensure_ascii=False)
     # Per input: the spans change with every text, so this part is never cached.
-    copied = apply_span_copy(json.loads(base), text, copy_from_input)
+    copied = apply_span_copy(json.loads(base), text, copy_from_input, shapes)
     return json.dumps(copied, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -18,18 +18,24 @@ A copyable string has no enum, const or format (those already say what is allowe
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 from extract.spec.model import Spec
+from extract.spec.shapes import SHAPES, shape_of
 from extract.types import AttemptError
 
 __all__ = [
     "COPY_KEY",
     "SPAN_DEF",
+    "CopySetting",
     "apply_span_copy",
+    "auto_copy",
+    "computed",
     "copy_paths",
     "copy_violations",
+    "span_occurrences",
     "strip_copy_marks",
     "word_spans",
 ]
@@ -46,23 +52,40 @@ MAX_SPANS = 4000
 _CONSTRAINING = ("enum", "const", "format", "$ref")
 
 
+def span_occurrences(text: str, max_words: int = MAX_SPAN_WORDS,
+                     limit: int = MAX_SPANS) -> dict[str, list[tuple[int, int]]]:
+    """Every run of 1..``max_words`` consecutive words of ``text``, as written, with where it stands.
+
+    Each run also appears without trailing separators. Past ``limit`` spans the longest runs
+    are dropped first, so very long inputs keep every short span. Values: the (start, end)
+    character offsets of each occurrence, in text order.
+    """
+    words = [(m.start(), m.end()) for m in WORD.finditer(text)]
+    seen: dict[str, list[tuple[int, int]]] = {}
+    for length in range(1, max_words + 1):
+        for i in range(0, len(words) - length + 1):
+            start, end = words[i][0], words[i + length - 1][1]
+            span = text[start:end]
+            for form in (span, span.rstrip(TRAILING_PUNCTUATION)):
+                if form:
+                    spot = (start, start + len(form))
+                    spots = seen.setdefault(form, [])
+                    if spot not in spots:
+                        spots.append(spot)
+        if len(seen) >= limit:
+            break
+    for spots in seen.values():
+        spots.sort()
+    return seen
+
+
 def word_spans(text: str, max_words: int = MAX_SPAN_WORDS, limit: int = MAX_SPANS) -> list[str]:
     """Every run of 1..``max_words`` consecutive words of ``text``, as written (sorted, unique).
 
     Each run also appears without trailing separators. Past ``limit`` spans the longest runs
     are dropped first, so very long inputs keep every short span.
     """
-    words = [(m.start(), m.end()) for m in WORD.finditer(text)]
-    seen: dict[str, int] = {}
-    for length in range(1, max_words + 1):
-        for i in range(0, len(words) - length + 1):
-            span = text[words[i][0]:words[i + length - 1][1]]
-            for form in (span, span.rstrip(TRAILING_PUNCTUATION)):
-                if form and form not in seen:
-                    seen[form] = length
-        if len(seen) >= limit:
-            break
-    return sorted(seen)
+    return sorted(span_occurrences(text, max_words, limit))
 
 
 def _copyable(node: dict[str, Any]) -> bool:
@@ -77,10 +100,39 @@ def _copyable(node: dict[str, Any]) -> bool:
     return "string" in type_list and not any(k in node for k in _CONSTRAINING)
 
 
-def _marked(schema: dict[str, Any], setting: bool | None) -> bool:
-    """Whether span-copy applies to the whole spec (the setting wins over the schema)."""
-    if setting is not None:
+CopySetting = bool | Literal["auto"] | None
+
+# A description that asks for something the text does not spell out: a count, a summary, a
+# judgement. Span-copy by default ("auto") leaves such a string free; a field marked
+# ``copy_from_input: true`` is copied all the same.
+_COMPUTED = re.compile(
+    r"\b(?:how many|number of \w+s|count of|total|sum of|average|summar\w*|translat\w*|classif\w*|"
+    r"sentiment|whether|infer\w*|comput\w*|calculat\w*|estimat\w*|paraphras\w*|rewrit\w*|"
+    r"normali[sz]\w*|in your own words|category|categories)\b",
+    re.IGNORECASE,
+)
+
+
+def computed(description: Any) -> bool:
+    """Whether a field's description asks for a value computed from the text, not copied."""
+    return isinstance(description, str) and _COMPUTED.search(description) is not None
+
+
+def auto_copy(schema: dict[str, Any] | None, setting: bool | None) -> CopySetting:
+    """The span-copy setting the local tier decodes with: the user's, else the schema's marks
+    when it has any, else ``"auto"`` (every plain string not asking for a computed value)."""
+    if setting is not None or schema is None:
         return setting
+    return None if COPY_KEY in json.dumps(schema) else "auto"
+
+
+def _marked(schema: dict[str, Any], setting: CopySetting) -> bool:
+    """Whether span-copy applies to the whole spec (the setting wins over the schema)."""
+    if setting == "auto":
+        mark = schema.get(COPY_KEY)
+        return mark if isinstance(mark, bool) else True
+    if setting is not None:
+        return bool(setting)
     return bool(schema.get(COPY_KEY))
 
 
@@ -112,14 +164,17 @@ class _Rewriter:
     gets the spans that fit its bounds and pattern, one ``$defs`` entry per distinct list.
     """
 
-    def __init__(self, setting: bool | None, spans: list[str] | None) -> None:
-        self.setting = setting
+    def __init__(self, setting: CopySetting, spans: list[str] | None, shapes: bool = False) -> None:
+        self.auto = setting == "auto"
+        self.setting: bool | None = None if self.auto else bool(setting) if setting is not None else None
+        self.shapes = shapes
+        self._descriptions: dict[str, Any] = {}
         self.spans = spans
         self.hits: list[str] = []
         self.defs: dict[str, dict[str, Any]] = {}
         self._by_values: dict[tuple[str, ...], str] = {}
 
-    def _ref_for(self, node: dict[str, Any]) -> str | None:
+    def _ref_for(self, node: dict[str, Any], path: str) -> str | None:
         """The ``$ref`` of the spans this string admits; None when none does."""
         assert self.spans is not None
         raw = node.get("pattern")
@@ -127,6 +182,13 @@ class _Rewriter:
         fitting = [s for s in self.spans if _fits(s, node.get("maxLength"), int(node.get("minLength", 0)), pattern)]
         if not fitting:
             return None
+        if self.shapes and raw is None and path:
+            # A shape read from the field's name or description (extract.spec.shapes) narrows
+            # the candidates; when no span of the input has that shape, all of them stay.
+            shape = shape_of(path.rsplit(".", 1)[-1], {"description": self._descriptions.get(path)})
+            if shape is not None:
+                fit = re.compile(SHAPES[shape])
+                fitting = [s for s in fitting if fit.search(s)] or fitting
         key = tuple(fitting)
         if key not in self._by_values:
             name = SPAN_DEF if not self._by_values else f"{SPAN_DEF}_{len(self._by_values)}"
@@ -144,7 +206,13 @@ class _Rewriter:
         if not isinstance(node, dict):
             return node
         setting = self.setting
-        here = setting if setting is not None else (on or bool(node.get(COPY_KEY)))
+        mark = node.get(COPY_KEY)
+        if setting is not None:
+            here = setting
+        elif self.auto:
+            here = mark if isinstance(mark, bool) else on  # a field's own mark wins
+        else:
+            here = on or bool(mark)
         out: dict[str, Any] = {}
         for key, value in node.items():
             if key in ("enum", "const", "default", "examples", COPY_KEY):
@@ -152,9 +220,13 @@ class _Rewriter:
                     out[key] = value
                 continue
             if key == "properties" and isinstance(value, dict):
+                for k, v in value.items():
+                    if isinstance(v, dict):
+                        self._descriptions[f"{path}.{k}" if path else k] = v.get("description")
                 out[key] = {k: self.rewrite(v, here, f"{path}.{k}" if path else k) for k, v in value.items()}
             elif key in ("$defs", "definitions") and isinstance(value, dict):
-                out[key] = {k: self.rewrite(v, False if setting is None else here, path) for k, v in value.items()}
+                shared = here if setting is not None or self.auto else False
+                out[key] = {k: self.rewrite(v, shared, path) for k, v in value.items()}
             elif key in ("anyOf", "oneOf") and isinstance(value, list):
                 kept = [r for r in (self.rewrite(v, here, path, in_union=True) for v in value) if r is not _NOTHING]
                 out[key] = kept or [self.rewrite(v, here, path) for v in value]
@@ -162,12 +234,14 @@ class _Rewriter:
                 out[key] = self.rewrite(value, here, path)
         if not (here and _copyable(out)):
             return out
+        if self.auto and mark is not True and computed(self._descriptions.get(path)):
+            return out  # asks for a value the text does not spell out: left free
         self.hits.append(path)
         if self.spans is None:
             return out
         types = out.get("type")
         others = [t for t in (types if isinstance(types, list) else [types]) if t != "string"]
-        ref = self._ref_for(out)
+        ref = self._ref_for(out, path)
         rest = {k: v for k, v in out.items() if k not in ("type", "maxLength", "minLength", "pattern")}
         if ref is None:
             # No span of this input fits: the field can only take its other types (null), or
@@ -180,7 +254,7 @@ class _Rewriter:
         return {**rest, "anyOf": [{"$ref": ref}, *({"type": t} for t in others)]}
 
 
-def copy_paths(schema: dict[str, Any], setting: bool | None = None) -> list[str]:
+def copy_paths(schema: dict[str, Any], setting: CopySetting = None) -> list[str]:
     """Dotted paths of the strings span-copy constrains (empty: span-copy is off for this spec)."""
     rewriter = _Rewriter(setting, None)
     rewriter.rewrite(schema, _marked(schema, setting), "")
@@ -197,7 +271,8 @@ def strip_copy_marks(node: Any) -> Any:
             for k, v in node.items() if k != COPY_KEY}
 
 
-def apply_span_copy(schema: dict[str, Any], text: str, setting: bool | None = None) -> dict[str, Any]:
+def apply_span_copy(schema: dict[str, Any], text: str, setting: CopySetting = None,
+                    shapes: bool = False) -> dict[str, Any]:
     """``schema`` with every marked string constrained to a word span of ``text``.
 
     Returns a new schema; an unmarked schema comes back only without the marks. An input with
@@ -206,7 +281,7 @@ def apply_span_copy(schema: dict[str, Any], text: str, setting: bool | None = No
     spans = word_spans(text)
     if not spans:
         return strip_copy_marks(schema)  # type: ignore[no-any-return]
-    rewriter = _Rewriter(setting, spans)
+    rewriter = _Rewriter(setting, spans, shapes)
     out = rewriter.rewrite(schema, _marked(schema, setting), "")
     if not rewriter.hits:
         return strip_copy_marks(schema)  # type: ignore[no-any-return]

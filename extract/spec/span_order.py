@@ -32,6 +32,7 @@ from extract.spec.span_copy import (
     SPAN_DEF,
     TRAILING_PUNCTUATION,
     WORD,
+    CopySetting,
     copy_paths,
     copy_violations,
     squash_spaces,
@@ -46,7 +47,7 @@ ORDER_KEY = "copy_in_order"
 MAX_WORDS = 400
 
 
-def wants_order(schema: dict[str, Any] | None, setting: bool | None = None, copy_setting: bool | None = None) -> bool:
+def wants_order(schema: dict[str, Any] | None, setting: bool | None = None, copy_setting: CopySetting = None) -> bool:
     """Whether this spec's copied top-level fields must follow the input's order."""
     if schema is None or schema.get("type") != "object" or not schema.get("properties"):
         return False
@@ -54,7 +55,7 @@ def wants_order(schema: dict[str, Any] | None, setting: bool | None = None, copy
     return on and bool(ordered_fields(schema, copy_setting))
 
 
-def ordered_fields(schema: dict[str, Any], copy_setting: bool | None = None) -> list[str]:
+def ordered_fields(schema: dict[str, Any], copy_setting: CopySetting = None) -> list[str]:
     """The top-level fields the order applies to: the span-copied ones, in schema order."""
     top = set(p for p in copy_paths(schema, copy_setting) if "." not in p)
     return [name for name in (schema.get("properties") or {}) if name in top]

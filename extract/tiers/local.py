@@ -25,6 +25,8 @@ from extract.spec.compile import checked_after
 from extract.spec.enforceable import UNENFORCED_KEYS
 from extract.spec.grammar import object_lark
 from extract.spec.prompt import PROMPT_VERSION, Example, build_messages, shared_prefix
+from extract.spec.span_copy import CopySetting, auto_copy, copy_paths
+from extract.spec.span_guard import SpanGuard
 from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
 from extract.tiers.base import MIN_OUTPUT_TOKENS, Spend, Task, output_token_limit, prompt_fits
 from extract.types import Attempt, Usage
@@ -79,7 +81,8 @@ class LocalTier:
         constraint: str | None = None
         if spec.is_json and "grammar_field" not in spec.features:
             constraint = local_constraint(
-                spec, text, copy_from_input=self.settings.copy_from_input, bounds=self.settings.bound_strings)
+                spec, text, copy_from_input=self.copy_setting(spec), bounds=self.settings.bound_strings,
+                shapes=self.settings.infer_shapes)
         return output_token_limit(self.settings, constraint, self.settings.n_ctx if room is None else room)
 
     def spend(self, spec: Spec, text: str) -> Spend:
@@ -99,19 +102,37 @@ class LocalTier:
             assert spec.grammar is not None
             return Constraint("lark", spec.grammar.llguidance_text())
         schema = local_constraint(
-            spec, text, copy_from_input=self.settings.copy_from_input, bounds=self.settings.bound_strings)
+            spec, text, copy_from_input=self.copy_setting(spec), bounds=self.settings.bound_strings,
+                shapes=self.settings.infer_shapes)
         if "grammar_field" in spec.features:
             # A string field under a Lark grammar: one Lark grammar for the whole object.
             return Constraint("lark", object_lark(schema))
-        if wants_order(spec.schema, self.settings.copy_in_order, self.settings.copy_from_input):
+        if wants_order(spec.schema, self.settings.copy_in_order, self.copy_setting(spec)):
             # Copied fields in input order: a per-input Lark grammar (None: not expressible).
-            fields = ordered_fields(spec.schema or {}, self.settings.copy_from_input)
+            fields = ordered_fields(spec.schema or {}, self.copy_setting(spec))
             ordered = ordered_lark(schema, text, fields, all_keys=all_keys)
             if ordered is not None:
                 return Constraint("lark", ordered)
         if all_keys:
             schema = _require_all(schema)
         return Constraint("json_schema", schema)
+
+    def copy_setting(self, spec: Spec) -> CopySetting:
+        """Span-copy as this tier decodes ``spec``: the setting, else the schema's marks, else
+        every plain string of a schema that has no marks (``span_copy.auto_copy``).
+
+        Why by default: on schemas users wrote without patterns or flags, copying spans
+        raised zero-shot field F1 (benchmarks/zero_shot.py); remote tiers only check what the
+        setting or the schema's marks ask for.
+        """
+        return auto_copy(spec.schema, self.settings.copy_from_input) if spec.is_json else self.settings.copy_from_input
+
+    def guard_for(self, spec: Spec, text: str) -> SpanGuard | None:
+        """The span-reuse guard for this input: None unless span-copy constrains some string."""
+        if self.settings.span_reuse == "allow" or not spec.is_json or spec.schema is None:
+            return None
+        paths = copy_paths(spec.schema, self.copy_setting(spec))
+        return SpanGuard(text, paths, self.settings.span_reuse) if paths else None
 
     def _all_keys(self, spec: Spec, examples: Sequence[Example]) -> bool:
         """Whether every key is written: as set, else only when no worked example is shown.
@@ -187,12 +208,13 @@ class LocalTier:
         prefix = shared_prefix(model.render, spec, task.examples)
         if not prompt.startswith(prefix):
             prefix = ""  # an example order this prompt does not follow: no shared prefix to reuse
+        guard = self.guard_for(spec, text)
         engine = batch_engine(model, self.settings)
         if engine is not None:  # decoded in one batch with the other extractions in flight
-            gen = await engine.generate(prompt, grammar, budget, penalty, prefix)
+            gen = await engine.generate(prompt, grammar, budget, penalty, prefix, guard)
         else:
             gen = await loop.run_in_executor(
-                model.executor, model.generate, prompt, grammar, budget, penalty, prefix)
+                model.executor, model.generate, prompt, grammar, budget, penalty, prefix, guard)
         truncated = gen.finish_reason == "length"
         checked = check(gen.text, spec, truncated=truncated)
         error = checked.error
@@ -220,6 +242,7 @@ class LocalTier:
                     # repair tier reasks a failure with the validator's errors).
                     **({"checked_after": sorted({f for f, _ in relaxed})} if relaxed else {}),
                     **({"all_keys": True, "null_penalty": penalty} if all_keys else {}),
+                    **({"span_reuse": self.settings.span_reuse} if guard is not None else {}),
                     "input_chars": len(text),
                     **({"confidence": confidence} if confidence and error is None and not checked.repaired else {}),
                     **({"original_chars": len(task.text)} if cut else {}),

@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from extract.errors import ProviderError, UnsupportedSchema
+from extract.errors import ConfigError, ProviderError, UnsupportedSchema
 from extract.providers.openai_compat import (
     Connection,
     Endpoint,
@@ -40,6 +40,8 @@ from extract.providers.openai_compat import (
     gbnf_refusal,
     grammar_body_for,
     is_mode_rejection,
+    known_endpoint_state,
+    pending_grammar_probes,
     probe_grammar_mode,
     response_format_for,
     server_safe_schema,
@@ -93,9 +95,19 @@ class NativeTier(EndpointTier):
 
     def spend(self, spec: Spec, text: str) -> Spend:
         # A grammar or regex spec is asked again with each parse error or mismatch, up to
-        # grammar_max_reasks times.
+        # grammar_max_reasks times. The grammar ladder's probes are calls too: one per rung
+        # this endpoint has not settled yet (a model with grammar fields probes ``gbnf``).
         reasks = self.settings.grammar_max_reasks if spec.kind in ("grammar", "regex") else 0
-        return Spend(self.output_tokens(spec, text), max_calls=1 + reasks)
+        probes = 0
+        if spec.kind in ("grammar", "regex") or "grammar_field" in spec.features:
+            try:
+                state = known_endpoint_state(Endpoint.from_settings(self.settings, self.endpoint_name))
+            except ConfigError:
+                state = None
+            probes = pending_grammar_probes(state)
+            if spec.kind not in ("grammar", "regex"):
+                probes = min(probes, 1)  # only the gbnf rung carries a combined grammar
+        return Spend(self.output_tokens(spec, text), max_calls=1 + reasks + probes)
 
     async def attempts(self, task: Task) -> list[Attempt]:
         endpoint = Endpoint.from_settings(self.settings, self.endpoint_name)

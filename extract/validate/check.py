@@ -181,6 +181,19 @@ def _check_regex(raw: str, spec: Spec, truncated: bool) -> Checked:
     stripped = raw.strip()
     if stripped != raw and re.fullmatch(spec.pattern, stripped):
         return Checked(value=stripped, repaired=True, repairs=["strip_whitespace"])
+    if truncated:  # a loop cut at the token limit: the longest full match before it (grammar_check)
+        from extract.validate.grammar_check import cut_runaway
+
+        pattern = spec.pattern
+
+        def full_match(text: str) -> str:
+            if re.fullmatch(pattern, text) is None:
+                raise ValueError(text)
+            return text
+
+        cut = cut_runaway(raw, full_match)
+        if cut is not None:
+            return Checked(value=cut[1], repaired=True, repairs=["cut_runaway"])
     return Checked(
         error=AttemptError(
             type="truncated" if truncated else "regex_mismatch",
