@@ -1,13 +1,25 @@
-"""Batch throughput: documents/s against the real llama.cpp server as concurrency grows, and a cached rerun.
+"""Batch throughput: documents/s as concurrency grows, on the local tier (default) or a llama.cpp server.
 
-Run: ``uv run python benchmarks/throughput.py [--n 16] [--levels 1,2,4,8] [--threads 1]``
+Local tier (``--mode local``, the default)::
 
-The embedded model is served by llama-cpp-python's OpenAI-compatible server (started here,
-as the tests start it) and the native tier extracts the shipped ``Address`` schema from the
-first N real usaddress records with ``extract_many``. Each concurrency level runs the same
-documents with the cache off, after one warm-up call; then a cache-on pass fills a fresh
-cache directory and a second pass is served from it. Figures, not assertions: on 2 cores
-shared with other work they move with the machine's load (printed with the table).
+    uv run python benchmarks/throughput.py [--data usaddress,citations] [--pool 0,6] [--n 16]
+        [--levels 1,2,4,8,16] [--slots N]
+
+``extract_many`` runs the same N evaluation rows (the first N of ``benchmarks/ablation.py``'s
+seeded holdout, so no evaluated row is ever an example) at each concurrency level through one
+Extractor, whose local tier decodes the documents in flight together in one llama.cpp batch
+(``extract.providers.batch_engine``). ``--pool 6`` adds six worked examples per document,
+chosen by similarity from the rows outside the holdout, as ablation's ``sim6``. A first row
+runs the same documents one at a time on the single-sequence path (``local_slots=1``): what
+concurrency bought before the engine. Per level: documents/s, output tokens/s, per-document
+latency p50/p95 (the local attempt's latency, queueing for a slot included), field F1 against
+the gold, and how many values are identical to concurrency 1's. Peak RSS, the cores and the
+load average are printed with the table.
+
+Server (``--mode server``): the embedded model behind llama-cpp-python's OpenAI-compatible
+server and the native tier, the first N usaddress records, then a cached rerun.
+
+Figures, not assertions: on 2 cores shared with other work they move with the machine's load.
 """
 
 from __future__ import annotations
@@ -37,12 +49,92 @@ def timed(texts: list[str], spec: Any, concurrency: int, options: dict[str, Any]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=["local", "server"], default="local")
     parser.add_argument("--n", type=int, default=16, help="documents per level")
-    parser.add_argument("--levels", default="1,2,4,8", help="concurrency levels, comma-separated")
-    parser.add_argument("--threads", type=int, default=1, help="llama.cpp server threads")
-    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--levels", default="1,2,4,8,16", help="concurrency levels, comma-separated")
+    parser.add_argument("--data", default="usaddress,citations", help="local mode: datasets")
+    parser.add_argument("--pool", default="0,6", help="local mode: examples per document (0: zero-shot)")
+    parser.add_argument("--slots", type=int, default=None, help="local mode: local_slots (default: the setting's)")
+    parser.add_argument("--no-single", action="store_true", help="local mode: skip the one-at-a-time row")
+    parser.add_argument("--threads", type=int, default=1, help="server mode: llama.cpp server threads")
+    parser.add_argument("--max-tokens", type=int, default=96, help="server mode")
     args = parser.parse_args()
+    if args.mode == "local":
+        local(args)
+    else:
+        server(args)
 
+
+def local(args: argparse.Namespace) -> None:
+    """The local tier at each concurrency level; see the module docstring."""
+    import resource
+
+    from extract import Extractor
+    from extract.report.aggregate import field_counts, percentile
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from ablation import _gold, pool_for, spec_for, split
+
+    levels = [int(x) for x in args.levels.split(",")]
+    lines = []
+    for dataset in args.data.split(","):
+        rows, pool_rows = split(dataset, 200, 0)
+        rows = rows[: args.n]
+        texts = [str(r["text"]) for r in rows]
+        spec = spec_for(rows[0], dataset, "copy")
+        pool = pool_for(pool_rows, dataset, rows[0])
+        for k in (int(x) for x in args.pool.split(",")):
+            options: dict[str, Any] = {"tiers": ["local"], "cache": False}
+            if k:
+                options.update(examples=pool, examples_k=k, examples_select="similar")
+            runs: list[tuple[str, Any]] = []
+            if not args.no_single:
+                single = Extractor(**options, local_slots=1)
+                single.run(texts[0], spec)  # warm-up: the model and the shared prefix
+                runs.append(("1, one at a time", timed_with(single, texts, spec, 1)))
+            extractor = Extractor(**options, **({"local_slots": args.slots} if args.slots else {}))
+            extractor.run(texts[0], spec)
+            for level in levels:
+                runs.append((str(level), timed_with(extractor, texts, spec, level)))
+            base_values = [json.dumps(r.value, sort_keys=True, default=str) for r in runs[0][1][1]]
+            base_rate = args.n / runs[0][1][0]
+            label = f"{dataset}, {'zero-shot' if not k else f'{k} examples'}"
+            for name, (seconds, results) in runs:
+                latencies = [sum(a.latency_s or 0.0 for a in r.attempts) for r in results]
+                out_tokens = sum(a.usage.output_tokens for r in results for a in r.attempts if a.usage)
+                tp = fp = fn = 0
+                for r, row in zip(results, rows, strict=True):
+                    a, b, c = field_counts(r.value.model_dump() if hasattr(r.value, "model_dump") else r.value,
+                                           _gold(row))
+                    tp, fp, fn = tp + a, fp + b, fn + c
+                f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+                same = sum(json.dumps(r.value, sort_keys=True, default=str) == v
+                           for r, v in zip(results, base_values, strict=True))
+                rate = args.n / seconds
+                lines.append(f"| {label} | {name} | {rate:.2f} | {rate / base_rate:.2f}× | "
+                             f"{out_tokens / seconds:.0f} | "
+                             f"{percentile(latencies, 50) or 0:.2f} | {percentile(latencies, 95) or 0:.2f} | "
+                             f"{f1:.3f} | {same}/{args.n} | {sum(r.ok for r in results)}/{args.n} |")
+                print(lines[-1], flush=True)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\n{args.n} documents a level, local tier, embedded model, cache off; {os.cpu_count()} cores; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end; peak RSS {rss:.0f} MiB\n")
+    print("| data | concurrency | docs/s | vs first row | output tok/s | p50 s | p95 s | field F1 | "
+          "same values as first row | ok |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(lines))
+
+
+def timed_with(extractor: Any, texts: list[str], spec: Any, concurrency: int) -> tuple[float, list[Any]]:
+    from extract import extract_many
+
+    started = time.perf_counter()
+    results = extract_many(texts, spec, concurrency=concurrency, extractor=extractor)
+    return time.perf_counter() - started, results
+
+
+def server(args: argparse.Namespace) -> None:
+    """The native tier against the llama.cpp server, then a cached rerun."""
     from extract import Extractor
     from extract.providers.server import start_server
     from schemas.address import Address

@@ -181,6 +181,13 @@ class Settings(BaseSettings):
         description="redis://host:port/db to share the result cache between machines; None keeps "
         "it on disk in cache_dir/results (default: the user's cache directory).",
     )
+    local_slots: int | None = Field(
+        default=None, ge=1,
+        description="llama.cpp backend: documents decoded together in one batch when extractions run "
+        "concurrently (extract_many's concurrency); each step decodes the next token of every one for "
+        "little more than the price of one. 1 decodes one document at a time on the model's own "
+        "context. None: four per core, at most 16.",
+    )
     prefix_cache: bool = Field(
         default=True,
         description="llama.cpp backend: save the evaluated shared prompt prefix (instructions, "

@@ -399,29 +399,7 @@ class LlamaCppModel:
             logits = np.ctypeslib.as_array(
                 llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)
             )
-            chosen_lp: float | None = None
-            if matcher is not None and bitmask is not None:
-                llg_np.fill_next_token_bitmask(matcher, bitmask, 0)
-                llg_np.apply_token_bitmask_inplace(logits, bitmask[0])
-                # The model's own distribution over the allowed tokens, before the null
-                # penalty: one log-sum-exp per chosen step (~0.1 ms on 49k entries).
-                top = float(logits.max())
-                norm = top + float(np.log(np.exp(logits - top).sum()))
-                penalized: set[int] = set()
-                if null_penalty:
-                    nulls, quote = self._null_tokens()
-                    # Only where a value could start instead: inside a string nothing changes.
-                    if quote is not None and np.isfinite(logits[quote]) and np.isfinite(logits[nulls]).any():
-                        logits[nulls] -= null_penalty
-                        penalized = set(nulls)
-            tok = int(logits.argmax())
-            only = matcher is not None and np.isfinite(logits).sum() <= 1
-            if guard is not None:
-                tok = _guarded(guard, logits, tok, self._spellings)
-            if matcher is not None and bitmask is not None:
-                lp = float(logits[tok]) + (null_penalty if tok in penalized else 0.0) - norm
-                # A step with one allowed token is forced even when llguidance did not say so.
-                chosen_lp = None if lp > -1e-9 and only else lp
+            tok, chosen_lp = self._pick(logits, matcher, bitmask, null_penalty, guard)
             if tok in self._eos:
                 finish = "stop"
                 break
@@ -436,13 +414,7 @@ class LlamaCppModel:
                 guard.feed(self._spellings[tok])
             if len(out) < max_tokens and not (matcher is not None and matcher.is_stopped()):
                 llm.eval([tok])
-        raw = llm.detokenize(out)
-        text = raw.decode("utf-8", errors="replace")
-        ends: list[int] = []
-        pos = 0
-        for t in out:  # token i ends at the characters its bytes complete
-            pos += len(llm.detokenize([t]))
-            ends.append(len(raw[:pos].decode("utf-8", errors="ignore")))
+        text, ends = self._text_and_ends(out)
         return Generation(
             text=text,
             input_tokens=len(prompt_tokens),
@@ -451,9 +423,58 @@ class LlamaCppModel:
             seconds=time.perf_counter() - start,
             forced_tokens=forced,
             prefix_source=prefix_source,
-            token_ends=ends if len(ends) == len(out) and (not ends or ends[-1] == len(text)) else [],
+            token_ends=ends,
             token_logprobs=logprobs if matcher is not None else [],
         )
+
+    def _pick(self, logits: Any, matcher: Any, bitmask: Any, null_penalty: float,
+              guard: TokenGuard | None = None) -> tuple[int, float | None]:
+        """One chosen step: mask ``logits`` (in place) to the grammar, discount ``null``, take the
+        argmax (the best one ``guard`` allows); returns (token, its log-probability, None when
+        the grammar allowed only it). The caller feeds the chosen token to the guard.
+
+        Shared by ``_generate_fast`` and the batched engine (``batch_engine``), so both paths
+        apply the same penalty and record the same per-token probabilities.
+        """
+        import llguidance.numpy as llg_np
+        import numpy as np
+
+        if matcher is None or bitmask is None:
+            tok = int(logits.argmax())
+            return (tok if guard is None else _guarded(guard, logits, tok, self._spellings)), None
+        llg_np.fill_next_token_bitmask(matcher, bitmask, 0)
+        llg_np.apply_token_bitmask_inplace(logits, bitmask[0])
+        # The model's own distribution over the allowed tokens, before the null
+        # penalty: one log-sum-exp per chosen step (~0.1 ms on 49k entries).
+        top = float(logits.max())
+        norm = top + float(np.log(np.exp(logits - top).sum()))
+        penalized: set[int] = set()
+        if null_penalty:
+            nulls, quote = self._null_tokens()
+            # Only where a value could start instead: inside a string nothing changes.
+            if quote is not None and np.isfinite(logits[quote]) and np.isfinite(logits[nulls]).any():
+                logits[nulls] -= null_penalty
+                penalized = set(nulls)
+        tok = int(logits.argmax())
+        only = np.isfinite(logits).sum() <= 1
+        if guard is not None:
+            tok = _guarded(guard, logits, tok, self._spellings)
+        lp = float(logits[tok]) + (null_penalty if tok in penalized else 0.0) - norm
+        # A step with one allowed token is forced even when llguidance did not say so.
+        return tok, None if lp > -1e-9 and only else lp
+
+    def _text_and_ends(self, out: list[int]) -> tuple[str, list[int]]:
+        """The decoded text of ``out`` and where each token ends in it (characters; empty when
+        the tokens' bytes do not line up with the text)."""
+        llm = self.llm
+        raw = llm.detokenize(out)
+        text = raw.decode("utf-8", errors="replace")
+        ends: list[int] = []
+        pos = 0
+        for t in out:  # token i ends at the characters its bytes complete
+            pos += len(llm.detokenize([t]))
+            ends.append(len(raw[:pos].decode("utf-8", errors="ignore")))
+        return text, ends if len(ends) == len(out) and (not ends or ends[-1] == len(text)) else []
 
     def _prefix_length(self, prompt_tokens: list[int], prefix: str | None) -> int:
         """How many leading tokens of the prompt are the shared prefix (0: none given).

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from extract.errors import ConfigError, UnsupportedSchema
+from extract.providers.batch_engine import batch_engine
 from extract.providers.local_model import Constraint, LocalModel, embedded_model_path, file_digest, load_local_model
 from extract.settings import Settings
 from extract.spec import Spec, ensure_supported, local_constraint
@@ -208,8 +209,12 @@ class LocalTier:
         if not prompt.startswith(prefix):
             prefix = ""  # an example order this prompt does not follow: no shared prefix to reuse
         guard = self.guard_for(spec, text)
-        gen = await loop.run_in_executor(
-            model.executor, model.generate, prompt, grammar, budget, penalty, prefix, guard)
+        engine = batch_engine(model, self.settings)
+        if engine is not None:  # decoded in one batch with the other extractions in flight
+            gen = await engine.generate(prompt, grammar, budget, penalty, prefix, guard)
+        else:
+            gen = await loop.run_in_executor(
+                model.executor, model.generate, prompt, grammar, budget, penalty, prefix, guard)
         truncated = gen.finish_reason == "length"
         checked = check(gen.text, spec, truncated=truncated)
         error = checked.error
