@@ -54,7 +54,8 @@ def main() -> None:
     parser.add_argument("--levels", default="1,2,4,8,16", help="concurrency levels, comma-separated")
     parser.add_argument("--data", default="usaddress,citations", help="local mode: datasets")
     parser.add_argument("--pool", default="0,6", help="local mode: examples per document (0: zero-shot)")
-    parser.add_argument("--slots", type=int, default=None, help="local mode: local_slots (default: the setting's)")
+    parser.add_argument("--slots", type=int, default=8,
+                        help="local mode: local_slots of the engine rows (the setting's default, 1, is no engine)")
     parser.add_argument("--no-single", action="store_true", help="local mode: skip the one-at-a-time row")
     parser.add_argument("--threads", type=int, default=1, help="server mode: llama.cpp server threads")
     parser.add_argument("--max-tokens", type=int, default=96, help="server mode")
@@ -92,7 +93,7 @@ def local(args: argparse.Namespace) -> None:
                 single = Extractor(**options, local_slots=1)
                 single.run(texts[0], spec)  # warm-up: the model and the shared prefix
                 runs.append(("1, one at a time", timed_with(single, texts, spec, 1)))
-            extractor = Extractor(**options, **({"local_slots": args.slots} if args.slots else {}))
+            extractor = Extractor(**options, local_slots=args.slots)
             extractor.run(texts[0], spec)
             for level in levels:
                 runs.append((str(level), timed_with(extractor, texts, spec, level)))
