@@ -82,7 +82,7 @@ class LocalTier:
         if spec.is_json and "grammar_field" not in spec.features:
             constraint = local_constraint(
                 spec, text, copy_from_input=self.copy_setting(spec), bounds=self.settings.bound_strings,
-                shapes=self.shapes(spec))
+                shapes=self.settings.infer_shapes)
         return output_token_limit(self.settings, constraint, self.settings.n_ctx if room is None else room)
 
     def spend(self, spec: Spec, text: str) -> Spend:
@@ -103,7 +103,7 @@ class LocalTier:
             return Constraint("lark", spec.grammar.llguidance_text())
         schema = local_constraint(
             spec, text, copy_from_input=self.copy_setting(spec), bounds=self.settings.bound_strings,
-                shapes=self.shapes(spec))
+                shapes=self.settings.infer_shapes)
         if "grammar_field" in spec.features:
             # A string field under a Lark grammar: one Lark grammar for the whole object.
             return Constraint("lark", object_lark(schema))
@@ -126,13 +126,6 @@ class LocalTier:
         setting or the schema's marks ask for.
         """
         return auto_copy(spec.schema, self.settings.copy_from_input) if spec.is_json else self.settings.copy_from_input
-
-    def shapes(self, spec: Spec) -> bool:
-        """Whether copied fields are narrowed by the shapes their names name: for a schema
-        without marks (or with span-copy forced on), not for one whose author marked its
-        fields and wrote their patterns (the shipped schemas: measured, shapes on Address's
-        pattern-less fields took its six-example F1 from 0.78 to 0.75)."""
-        return self.settings.infer_shapes and self.copy_setting(spec) is not None
 
     def guard_for(self, spec: Spec, text: str) -> SpanGuard | None:
         """The span-reuse guard for this input: None unless span-copy constrains some string."""
