@@ -73,6 +73,8 @@ def test_shapes_from_names_and_descriptions() -> None:
     assert shape_of("house_number", {}) == "number"
     assert shape_of("street_name", {}) == "words"
     assert shape_of("unit", {}) is None
+    assert shape_of("e-mail", {}) == shape_of("contact_email", {}) == "email"
+    assert shape_of("homepage", {}) == "url"
     assert shape_of("place", {"description": "The city where the publisher is."}) == "words"
     assert shape_of("time", {"description": "When: a date, a day or a period."}) is None
 

@@ -256,6 +256,37 @@ def serve(
         run_server(model, host, port, n_threads=settings.n_threads, extra_buffers=settings.extra_buffers)
 
 
+def _invocation() -> str:
+    """The command line that ran this command, as a user would type it again.
+
+    ``sys.argv`` is that line only when the ``extract`` script (or ``python -m extract``) runs;
+    called in-process (a test's CliRunner, a notebook) the line is rebuilt from the parsed
+    options, so a result folder never records pytest's own arguments as its command.
+    """
+    import click
+
+    script = Path(sys.argv[0])
+    if script.name == "extract" or (script.name == "__main__.py" and script.parent.name == "extract"):
+        return shlex.join(["extract", *sys.argv[1:]])
+    ctx = click.get_current_context()
+    words = ["extract", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if value is None or value is False or value == () or value == [] or not isinstance(param, click.Option):
+            if isinstance(param, click.Argument) and value not in (None, (), []):
+                words += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+            continue
+        flag = param.opts[0]
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                words += [flag, str(v)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
 @app.command()
 def bench(
     out: Annotated[Path, typer.Option(help="Output folder: attempts.jsonl, summary.json, report.*, plots.")],
@@ -293,7 +324,7 @@ def bench(
             assert data is not None
             runs = [BenchRun(data=data, schema=schema, spec=load_spec(schema, None) if schema else None,
                              policies=list(policy or []), where=filters, max_tokens=max_tokens)]
-        command = shlex.join(["extract", *sys.argv[1:]])
+        command = _invocation()
         summary = run_bench(runs, out, sample=sample, seed=seed, base_url=base_url, serve=serve, command=command)
     typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
 

@@ -9,9 +9,10 @@ shape from the words of its name (the head noun first: ``street_name`` is a name
 - ``code``: one word holding a digit (ZIP and postal codes, ISBN, DOI, phone numbers);
 - ``number``: a digit or a number word somewhere (house, volume, page and year numbers,
   counts: "four" is a party size);
-- ``words``: at least one letter (names of people, places, works, streets).
+- ``words``: at least one letter (names of people, places, works, streets);
+- ``email``: one word with an ``@`` and a dotted domain; ``url``: one word with a dot.
 
-Only three coarse shapes, from a small vocabulary of common English field-name words, so
+Only a few coarse shapes, from a small vocabulary of common English field-name words, so
 that a wrong guess costs little: a shape removes candidates that cannot be right, never
 picks one. Fields with their own pattern, enum, const or format keep them, a field whose
 input has no span of its shape keeps every span, and the ``infer_shapes`` setting turns the
@@ -31,11 +32,15 @@ SHAPES: dict[str, str] = {
     "code": r"^[^\s]*\d[^\s]*$",
     "number": rf"\d|\b(?:{_NUMBER_WORDS})\b",
     "words": r"[^\W\d_]",
+    "email": r"^[^\s@]+@[^\s@]+\.[^\s@]+$",
+    "url": r"^\S+\.\S+$",
 }
 
 # Field-name words and the shape they name. Ambiguous words ("code": a country code is
 # letters; "date"/"time": "tomorrow" is a date; "size", "amount", "price") name none.
 _VOCABULARY: dict[str, str] = {
+    **dict.fromkeys(("email", "mail"), "email"),
+    **dict.fromkeys(("url", "uri", "website", "homepage"), "url"),
     **dict.fromkeys(("zip", "zipcode", "postcode", "postal", "isbn", "issn", "doi", "phone", "telephone",
                      "fax", "mobile"), "code"),
     **dict.fromkeys(("number", "num", "no", "nr", "year", "yr", "volume", "vol", "page", "pages", "age",
