@@ -312,6 +312,11 @@ class Settings(BaseSettings):
 
         return Path(platformdirs.user_cache_dir("extract"))
 
+    def digest_store(self) -> Path | None:
+        """Where the weights' digests are remembered across processes (with the saved prompt
+        prefixes, under the same switch); None: hash the file each time."""
+        return self.cache_root() / "digests.json" if self.prefix_cache else None
+
     def default_tiers(self) -> list[str]:
         """The chain to run when the caller names none."""
         if self.tiers:

@@ -99,3 +99,22 @@ def test_the_store_evicts_the_oldest_beyond_its_limit(tmp_path: Path) -> None:
     kept = sorted(p.name for p in tmp_path.glob("*.kv"))
     assert len(kept) == 2
     assert store.load([3]) is not None and store.load([0]) is None
+
+
+def test_the_weights_digest_is_remembered_by_file_identity_and_redone_when_the_file_changes(tmp_path: Path) -> None:
+    from extract.providers.decoding import file_digest
+
+    weights = tmp_path / "w.gguf"
+    weights.write_bytes(b"GGUF" + b"\x01" * 1000)
+    store = tmp_path / "cache" / "digests.json"
+    first = file_digest(weights, store)
+    assert first == file_digest(weights) and store.exists()
+    # A remembered digest is read back, not recomputed (the entry is what the store says).
+    (key,) = json.loads(store.read_text(encoding="utf-8"))
+    store.write_text(json.dumps({key: "sha256:remembered"}), encoding="utf-8")
+    assert file_digest(weights, store) == "sha256:remembered"
+    # New content (and so a new change time): hashed again, never the old entry.
+    weights.write_bytes(b"GGUF" + b"\x02" * 1000)
+    assert file_digest(weights, store) == file_digest(weights) != first
+    store.write_text("not json", encoding="utf-8")  # a corrupt store is rebuilt, not an error
+    assert file_digest(weights, store) == file_digest(weights)

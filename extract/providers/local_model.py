@@ -252,7 +252,7 @@ class LlamaCppModel:
         # 8 s when torch is installed) is loaded only for decoder="outlines".
         vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._outlines: tuple[Any, Any] | None = None
-        self.info = ModelInfo(name=path.name, digest=file_digest(path), backend="llamacpp",
+        self.info = ModelInfo(name=path.name, digest=file_digest(path, settings.digest_store()), backend="llamacpp",
                               extra_buffers=settings.extra_buffers)
         # The vocabulary's spellings are read from llama.cpp once per weights file and kept
         # with the saved prefixes (0.25 s of a first extraction otherwise).
@@ -264,8 +264,10 @@ class LlamaCppModel:
         self.llg_tokenizer = _llg_tokenizer(vocab, self._spellings)
         self._eos = {self.llm.token_eos()}
         self._nulls: tuple[list[int], int | None] | None = None
-        for tok in range(self.llm.n_vocab()):
-            if llama_cpp.llama_vocab_is_eog(vocab, tok):
+        for tok, spelling in enumerate(self._spellings):
+            # End-of-generation tokens are special ones (spelled behind 0xFF): asking llama.cpp
+            # about those alone, not all 49k, saves 0.04 s of a first extraction.
+            if spelling.startswith(b"\xff") and llama_cpp.llama_vocab_is_eog(vocab, tok):
                 self._eos.add(tok)
         self._formatter = self._chat_formatter()
         # Saved prompt prefixes are only valid for these weights, loaded this way, by this

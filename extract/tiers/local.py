@@ -90,7 +90,8 @@ class LocalTier:
 
     async def identity(self) -> list[Any]:
         path = self.settings.model_path or embedded_model_path()
-        return [self.name, self.settings.backend, file_digest(path) if path.exists() else str(path)]
+        return [self.name, self.settings.backend,
+                file_digest(path, self.settings.digest_store()) if path.exists() else str(path)]
 
     def grammar_for(self, spec: Spec, text: str, all_keys: bool = False) -> Constraint:
         """The constraint for ``spec`` on ``text``; ``all_keys`` makes every top-level key
