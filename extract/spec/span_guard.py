@@ -28,10 +28,9 @@ from typing import Literal
 
 from extract.spec.span_copy import span_occurrences
 
-__all__ = ["REUSE_MODES", "SpanGuard"]
+__all__ = ["SpanGuard"]
 
 ReuseMode = Literal["disjoint", "distinct", "allow"]
-REUSE_MODES: tuple[str, ...] = ("disjoint", "distinct", "allow")
 
 
 class _Frame:
@@ -56,7 +55,8 @@ class SpanGuard:
         self.paths = frozenset(paths)
         self.occurrences = span_occurrences(text)
         self.used: list[tuple[int, int]] = []
-        self._available = sorted(self.occurrences)
+        self._spans = sorted(self.occurrences)  # every span, for bisecting by prefix
+        self._available = self._spans
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stack: list[_Frame] = []
         self._in_string = False
@@ -120,8 +120,7 @@ class SpanGuard:
         if spots:
             free = [s for s in spots if self._free(s)]
             self.used.append(free[0] if free else spots[0])
-            self._available = [s for s in sorted(self.occurrences)
-                               if any(self._free(o) for o in self.occurrences[s])]
+            self._available = [s for s in self._spans if any(self._free(o) for o in self.occurrences[s])]
         return True
 
     def _free(self, spot: tuple[int, int]) -> bool:
@@ -136,7 +135,8 @@ class SpanGuard:
     def _clone(self) -> SpanGuard:
         twin = object.__new__(SpanGuard)
         twin.mode, twin.paths, twin.occurrences = self.mode, self.paths, self.occurrences
-        twin.used, twin._available, twin._decoder = self.used, self._available, self._decoder
+        twin.used, twin._spans, twin._available = self.used, self._spans, self._available
+        twin._decoder = self._decoder
         twin._stack = []
         for f in self._stack:
             g = _Frame(f.is_obj)

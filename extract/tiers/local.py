@@ -70,6 +70,7 @@ class LocalTier:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._copy: dict[str, CopySetting] = {}
 
     def unavailable(self) -> str | None:
         return None
@@ -102,15 +103,15 @@ class LocalTier:
         if spec.kind == "grammar":
             assert spec.grammar is not None
             return Constraint("lark", spec.grammar.llguidance_text())
+        copy = self.copy_setting(spec)
         schema = local_constraint(
-            spec, text, copy_from_input=self.copy_setting(spec), bounds=self.settings.bound_strings,
-                shapes=self.settings.infer_shapes)
+            spec, text, copy_from_input=copy, bounds=self.settings.bound_strings, shapes=self.settings.infer_shapes)
         if "grammar_field" in spec.features:
             # A string field under a Lark grammar: one Lark grammar for the whole object.
             return Constraint("lark", object_lark(schema))
-        if wants_order(spec.schema, self.settings.copy_in_order, self.copy_setting(spec)):
+        if wants_order(spec.schema, self.settings.copy_in_order, copy):
             # Copied fields in input order: a per-input Lark grammar (None: not expressible).
-            fields = ordered_fields(spec.schema or {}, self.copy_setting(spec))
+            fields = ordered_fields(spec.schema or {}, copy)
             ordered = ordered_lark(schema, text, fields, all_keys=all_keys)
             if ordered is not None:
                 return Constraint("lark", ordered)
@@ -126,7 +127,11 @@ class LocalTier:
         raised zero-shot field F1 (benchmarks/zero_shot.py); remote tiers only check what the
         setting or the schema's marks ask for.
         """
-        return auto_copy(spec.schema, self.settings.copy_from_input) if spec.is_json else self.settings.copy_from_input
+        if not spec.is_json:
+            return self.settings.copy_from_input
+        if spec.digest not in self._copy:  # asked several times an attempt: read the schema once
+            self._copy[spec.digest] = auto_copy(spec.schema, self.settings.copy_from_input)
+        return self._copy[spec.digest]
 
     def guard_for(self, spec: Spec, text: str) -> SpanGuard | None:
         """The span-reuse guard for this input: None unless span-copy constrains some string."""
