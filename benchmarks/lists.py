@@ -13,22 +13,15 @@ Run: ``uv run python benchmarks/lists.py [--refs 10,50,200] [--letters 5] [--pas
 Per document set and number of passes: item recall and precision (a returned item matches a
 gold item when their spans overlap by more than half of the shorter; one to one), gold items
 not returned but named in ``Result.items`` (rejected or failed) and gold items not returned
-<<<<<<< HEAD
 and not named (``silent``), field F1 of matched items (micro over the leaf fields the schema
 has, as ``extract.report.scoring`` defines it for every benchmark), time to the first item
 (``Extractor.item_run(...).stream()``), seconds per 1,000 characters; and one
 single-reference extraction (``Extractor.run``), the yardstick for the time to the first item.
-Figures, not assertions: on 2 shared cores the times move with the machine's load.
-=======
-and not named (``silent``), field F1 of matched items (values compared lowercased with outer
-punctuation stripped), time to the first item (``Extractor.item_run(...).stream()``),
-seconds per 1,000 characters; and one single-reference extraction (``Extractor.run``), the
-yardstick for the time to the first item. The yardstick is timed again right before each
-document (a reference not in it), and ``x single`` is the mean over documents of first item /
-the single just before: on 2 shared cores the load moves within a run (measured: the
-warm-up single at 5.9 s, then 15-21 s singles an hour later), so a yardstick timed once at
-the start says more about the load than about the list. Figures, not assertions.
->>>>>>> lists-grammars
+The yardstick is timed again right before each document (a reference not in it), and
+``x single`` is the mean over documents of first item / the single just before: on 2 shared
+cores the load moves within a run (measured: the warm-up single at 5.9 s, then 15-21 s
+singles an hour later), so a yardstick timed once at the start says more about the load than
+about the list. Figures, not assertions.
 """
 
 from __future__ import annotations
