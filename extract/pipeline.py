@@ -27,6 +27,7 @@ from extract.runtime.observability import Runtime
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec
 from extract.tiers import Task, Tier, make_tier
+from extract.tiers.base import answer_listener
 from extract.types import Attempt, AttemptError, Result
 
 __all__ = ["Extractor", "aextract", "aextract_all", "aextract_iter", "extract", "extract_all", "extract_iter"]
@@ -156,7 +157,8 @@ class Extractor:
         )
         for tier in usable:
             task = Task(text=clean, spec=compiled, settings=self.settings,
-                        history=list(result.attempts), deadline=deadline, examples=shown)
+                        history=list(result.attempts), deadline=deadline, examples=shown,
+                        on_text=answer_listener.get())
             call = self.runtime.before_tier(tier, task)
             if isinstance(call, Attempt):  # skipped: the budget cannot cover this tier's worst case
                 result.attempts.append(call)
@@ -209,7 +211,7 @@ class Extractor:
         """Every ``item`` in ``text``: ``value`` the list in document order, ``items`` each one's span
         (and every span that failed or was read as no item); never raises for bad model output."""
         run = self.item_run(text, item, passes=passes, split=split, min_fields=min_fields)
-        async for _ in run.stream():
+        async for _ in run.stream(as_written=False):
             pass
         return run.result()
 

@@ -26,7 +26,7 @@ import importlib.metadata
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -205,7 +205,7 @@ class LocalModel(Protocol):
 
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                  null_penalty: float = 0.0, prefix: str | None = None,
-                 guard: TokenGuard | None = None) -> Generation: ...
+                 guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None) -> Generation: ...
 
 
 class LlamaCppModel:
@@ -309,10 +309,12 @@ class LlamaCppModel:
 
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                  null_penalty: float = 0.0, prefix: str | None = None,
-                 guard: TokenGuard | None = None) -> Generation:
+                 guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None) -> Generation:
         """Greedy constrained decoding; ``null_penalty`` (fast decoder only) is subtracted from
         the logits of ``null`` wherever the grammar also allows a string to start there.
         ``guard`` (fast decoder only) vetoes a sampled token; the next best allowed one is taken.
+        ``on_text`` (fast decoder only) hears the text written so far after every step, from
+        this thread (``Task.on_text``); the outlines decoder answers in one piece.
 
         ``prefix``: the start of ``prompt`` that other documents of the same spec share
         (``extract.spec.prompt.shared_prefix``). It is evaluated on its own, reused from memory
@@ -321,7 +323,7 @@ class LlamaCppModel:
         with self._lock:  # one llama context: decodes are serialised per model
             if self._decoder == "outlines":
                 return self._generate_outlines(prompt, grammar, max_tokens)
-            return self._generate_fast(prompt, grammar, max_tokens, null_penalty, prefix, guard)
+            return self._generate_fast(prompt, grammar, max_tokens, null_penalty, prefix, guard, on_text)
 
     def _null_tokens(self) -> tuple[list[int], int | None]:
         """(tokens that spell ``null`` or a prefix of it, the token of a lone ``"``), cached."""
@@ -341,7 +343,8 @@ class LlamaCppModel:
 
     def _generate_fast(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                        null_penalty: float = 0.0, prefix: str | None = None,
-                       guard: TokenGuard | None = None) -> Generation:
+                       guard: TokenGuard | None = None,
+                       on_text: Callable[[str], None] | None = None) -> Generation:
         import llama_cpp
         import llguidance
         import llguidance.numpy as llg_np
@@ -372,6 +375,15 @@ class LlamaCppModel:
         out: list[int] = []
         logprobs: list[float | None] = []
         forced = 0
+        written = bytearray()  # what on_text hears: the spellings so far (control tokens left out)
+
+        def hear(tokens: list[int]) -> None:
+            if on_text is not None:
+                for t in tokens:
+                    if not self._spellings[t].startswith(b"\xff"):
+                        written.extend(self._spellings[t])
+                on_text(written.decode("utf-8", errors="ignore"))
+
         finish = "length"
         n_vocab = llm.n_vocab()
         while len(out) < max_tokens:
@@ -391,6 +403,7 @@ class LlamaCppModel:
                     out.extend(ff)
                     logprobs.extend([None] * len(ff))
                     forced += len(ff)
+                    hear(ff)
                     if matcher.is_stopped():  # the closing run: nothing follows it to predict
                         finish = "stop"
                         break
@@ -412,6 +425,7 @@ class LlamaCppModel:
                                         endpoint="local")
             out.append(tok)
             logprobs.append(chosen_lp)
+            hear([tok])
             if guard is not None:
                 guard.feed(self._spellings[tok])
             if len(out) < max_tokens and not (matcher is not None and matcher.is_stopped()):

@@ -758,6 +758,68 @@ class Connection:
             "chat", lambda timeout: self.client.chat.completions.create(timeout=timeout, **kwargs)
         )
 
+    async def chat_streamed(self, on_text: Callable[[str], None], **kwargs: Any) -> Any:
+        """One chat completion read as the server streams it, ``on_text`` hearing the content
+        so far after every chunk; returns the assembled ``ChatCompletion``, so what follows
+        cannot tell it from ``chat``'s. Used only when someone listens (``extract_iter``).
+
+        The whole stream is one try under the breaker, the deadline and the retry policy: a
+        connection cut mid-answer is tried again from the start, and the listener hears the
+        new answer afresh. ``stream_options.include_usage`` asks for the token counts; a server
+        that streams none (llama-cpp-python's) gets the output counted as its content chunks
+        (one token each there) and the input as its characters / 3, marked ``usage_estimated``
+        on the completion's ``model_extra`` for the budget and the report to see.
+        """
+        from openai.lib.streaming.chat import ChatCompletionStreamState
+
+        messages = kwargs.get("messages", [])
+
+        async def read(timeout: float) -> Any:
+            stream = await self.client.chat.completions.create(
+                timeout=timeout, stream=True, stream_options={"include_usage": True}, **kwargs)
+            state: ChatCompletionStreamState[Any] = ChatCompletionStreamState()
+            text, chunks, handled = "", 0, 0
+            async for chunk in stream:
+                state.handle_chunk(chunk)
+                handled += 1
+                piece = chunk.choices[0].delta.content if chunk.choices else None
+                if piece:
+                    text += piece
+                    chunks += 1
+                    on_text(text)
+            # A body that is no event stream (an HTML page, broken JSON) parses as no chunk at
+            # all, and one cut short has no finish reason: both a broken gateway, worth a retry.
+            if handled == 0:
+                raise ProviderError(f"endpoint {self.endpoint.label}: the streamed response holds no "
+                                    "completion (not an event stream?)", endpoint=self.endpoint.label, transient=True)
+            # The snapshot, not ``get_final_completion``: that one refuses a length-cut answer,
+            # which a list reader keeps item by item.
+            from openai.types.chat import ChatCompletion
+
+            snapshot = state.current_completion_snapshot
+            if not snapshot.choices or snapshot.choices[0].finish_reason is None:
+                raise ProviderError(f"endpoint {self.endpoint.label}: the streamed response stopped before "
+                                    "its end", endpoint=self.endpoint.label, transient=True)
+            completion = ChatCompletion.model_validate(snapshot.model_dump())
+            if completion.usage is None:
+                from openai.types import CompletionUsage
+
+                prompt = -(-sum(len(str(m.get("content", ""))) for m in messages) // 3)
+                completion.usage = CompletionUsage(prompt_tokens=prompt, completion_tokens=chunks,
+                                                   total_tokens=prompt + chunks)
+                completion.usage_estimated = True  # type: ignore[attr-defined]
+            return completion
+
+        async def call(timeout: float) -> Any:
+            try:
+                return await asyncio.wait_for(read(timeout), timeout)
+            except TimeoutError:
+                import httpx
+
+                raise httpx.ReadTimeout("the streamed answer did not end within the timeout") from None
+
+        return await self._reliably("chat", call)
+
     async def logprobs_supported(self, model: str) -> bool:
         """Whether this endpoint returns token log-probabilities, learnt once per endpoint.
 

@@ -13,6 +13,7 @@ import concurrent.futures
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +101,10 @@ class TransformersModel:
 
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                  null_penalty: float = 0.0, prefix: str | None = None,
-                 guard: TokenGuard | None = None) -> Generation:
-        """Outlines' generator; ``null_penalty``, ``prefix`` and ``guard`` are llama.cpp
-        fast-decoder levers (logit penalty, prefix KV reuse, span-reuse veto), not applied here."""
+                 guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None) -> Generation:
+        """Outlines' generator; ``null_penalty``, ``prefix``, ``guard`` and ``on_text`` are llama.cpp
+        fast-decoder levers (logit penalty, prefix KV reuse, span-reuse veto, the text as it is
+        written), not applied here: the answer comes in one piece."""
         start = time.perf_counter()
         n_in = self.count_tokens(prompt)
         if n_in + 1 > self.n_ctx:

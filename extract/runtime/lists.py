@@ -60,7 +60,7 @@ from extract.runtime.chunking import plan_chunks
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec
 from extract.spec.prompt import Example
-from extract.tiers.base import Tier
+from extract.tiers.base import Tier, answer_listener
 from extract.types import AttemptError, Chunk, Result
 from extract.validate import check
 
@@ -280,6 +280,105 @@ def _json_of(value: Any) -> Any:
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
+class _Reading:
+    """One answer's items judged in order: each is checked against the item spec, located in
+    the window (at or after the previous item's place, at places no earlier item of this
+    answer holds) and kept, rejected or failed. The same judgement runs on a streamed answer
+    element by element (``_Listener``) and on the whole answer after the call, so an item
+    handed out early is the item the window keeps."""
+
+    def __init__(self, run: ItemRun, text: str, cursor: int, ws: int, we: int, index: int, pass_: int) -> None:
+        self.run, self.text, self.cursor, self.ws, self.we = run, text, cursor, ws, we
+        self.index, self.pass_ = index, pass_
+        self.floor = cursor
+        self.claimed: list[tuple[int, int]] = []  # places of the text this answer's items hold
+        self.step: list[Found] = []
+
+    def add(self, raw_item: Any) -> Found | None:
+        """Judge the next item of the answer; the Found when it is a new entry of ``step``."""
+        text, cursor, ws, we, index, pass_ = self.text, self.cursor, self.ws, self.we, self.index, self.pass_
+        need = self.run.need_fields
+        checked = check(json.dumps(raw_item, ensure_ascii=False), self.run.item_spec)
+        span, places = locate(raw_item, text, cursor, we, self.floor, self.claimed)
+        located = span is not None
+        s, e = span if span is not None else (cursor, we)
+        # Values the text holds only once count once: an item made of places another
+        # item already holds is a repetition (a small model's loop), not an item.
+        fresh = len(places) + _distinct_values(raw_item) - len(set(_strings(raw_item)))
+        if not any(text.find(v, cursor, we) != -1 for v in _strings(raw_item)):
+            fresh = _distinct_values(raw_item)  # nothing copied: the places say nothing
+        if checked.error is not None:
+            f = Found(s, e, "failed", window=index, pass_=pass_, located=located, error=checked.error)
+        elif fresh < need:
+            f = Found(s, e, "rejected", checked.value, index, pass_, located=located, error=AttemptError(
+                type="too_few_fields",
+                message=f"fewer than {need} distinct values at places no other item "
+                "holds: read as no item (a heading, a salutation, a repetition)"))
+        else:
+            f = Found(s, e, "ok", checked.value, index, pass_, located=located)
+            self.claimed += places
+        f.whole = (s > ws or ws == 0) and (e < we or we == len(text))
+        if located:
+            self.floor = max(self.floor, s + 1)
+        if any(_overlaps(f, g) for g in self.step if g.status == f.status):
+            return None
+        self.step.append(f)
+        return f
+
+
+class _Listener:
+    """Hears a tier's answer as it is written (``Task.on_text``, on the event loop) and hands
+    every newly complete element of its ``items`` array, judged, to ``early``. An answer that
+    does not go on from the last one heard is a new attempt (a retry, the next tier): its
+    elements are judged afresh."""
+
+    def __init__(self, reading: _Reading, early: Callable[[Found], None]) -> None:
+        self.blank = reading
+        self.reading = copy.copy(reading)
+        self.early = early
+        self.heard = ""
+        self.elements = 0
+
+    def hear(self, raw: str) -> None:
+        if not raw.startswith(self.heard):
+            self.reading = copy.copy(self.blank)
+            self.reading.claimed, self.reading.step = [], []
+            self.elements = 0
+        elif "}" not in raw[len(self.heard):]:  # no element can have ended since
+            self.heard = raw
+            return
+        self.heard = raw
+        items = partial_items(raw)
+        for raw_item in items[self.elements:]:
+            f = self.reading.add(raw_item)
+            if f is not None:
+                self.early(f)
+        self.elements = len(items)
+
+
+class _Handout:
+    """The items of one window handed out while its answer is still being written (the
+    ``early`` of ``_read_window``): an ``ok`` item goes out at once when nothing the rest of
+    the document holds can change it, i.e. no later window reaches it, no item before it is
+    still held back, and it starts after the last item handed out (document order). The
+    others wait for the window's end, as without streaming."""
+
+    def __init__(self, run: ItemRun, pass_: int, nxt_start: int, held: list[Found]) -> None:
+        self.run, self.pass_, self.nxt_start, self.held = run, pass_, nxt_start, held
+        self.ready: asyncio.Queue[Found] = asyncio.Queue()
+        self.handed: list[Found] = []
+
+    def __call__(self, f: Found) -> None:
+        run = self.run
+        if (f.status != "ok" or not f.located or self.held or f.end > self.nxt_start or f.start < run._last_start
+                or (self.pass_ > 1 and any(_overlaps(f, g) for g in run.kept))):
+            return
+        if run._keep(f) is f:
+            self.handed.append(f)
+            self.ready.put_nowait(f)
+            run._last_start = f.start
+
+
 @dataclass
 class ItemRun:
     """One ``run_all``: iterate ``stream()`` for items as they validate, then ``result()``."""
@@ -310,6 +409,7 @@ class ItemRun:
         assert self.item_spec.schema is not None
         self.need_fields = min(self.min_fields, len(self.item_spec.schema["properties"]))
         self._read: set[tuple[int, str]] = set()  # (start, text) read (a rereading repeats itself)
+        self._last_start = -1  # where the last item handed out in this pass starts
 
     def _bound(self, piece: str) -> int:
         """The most items one answer on ``piece`` may hold: a few per line. A small model that
@@ -367,8 +467,12 @@ class ItemRun:
         return out
 
     # -- one window --------------------------------------------------------------------
-    async def _read_window(self, text: str, index: int, ws: int, we: int, pass_: int) -> list[Found]:
-        """Every item of ``text[ws:we]``, continuing after a cut answer; appends to ``calls``."""
+    async def _read_window(self, text: str, index: int, ws: int, we: int, pass_: int,
+                           early: Callable[[Found], None] | None = None) -> list[Found]:
+        """Every item of ``text[ws:we]``, continuing after a cut answer; appends to ``calls``.
+
+        ``early`` is handed each item the answer holds as soon as its element is written and
+        judged (``ok`` or not), before the call returns, where a tier streams its answer."""
         found: list[Found] = []
         cursor, continuation = ws, 0
         read = False
@@ -379,7 +483,15 @@ class ItemRun:
                 break
             self._read.add((cursor, piece))
             read = True
-            res = await self.chain.arun(piece, self._spec_for(piece))
+            listening = None
+            if early is not None:  # items judged as the answer is written, the same way as below
+                listening = answer_listener.set(_Listener(_Reading(self, text, cursor, ws, we, index, pass_),
+                                                          early).hear)
+            try:
+                res = await self.chain.arun(piece, self._spec_for(piece))
+            finally:
+                if listening is not None:
+                    answer_listener.reset(listening)
             for a in res.attempts:
                 a.meta.update({"window": index, "window_start": cursor, "window_end": we,
                                "continuation": continuation, "pass": pass_})
@@ -399,34 +511,10 @@ class ItemRun:
                     last.error if last is not None and last.error is not None
                     else AttemptError(type="no_value", message="no tier produced a value"))))
                 break
-            step: list[Found] = []
-            floor = cursor
-            claimed: list[tuple[int, int]] = []  # places of the text this answer's items hold
+            reading = _Reading(self, text, cursor, ws, we, index, pass_)
             for raw_item in raws:
-                checked = check(json.dumps(raw_item, ensure_ascii=False), self.item_spec)
-                span, places = locate(raw_item, text, cursor, we, floor, claimed)
-                located = span is not None
-                s, e = span if span is not None else (cursor, we)
-                # Values the text holds only once count once: an item made of places another
-                # item already holds is a repetition (a small model's loop), not an item.
-                fresh = len(places) + _distinct_values(raw_item) - len(set(_strings(raw_item)))
-                if not any(text.find(v, cursor, we) != -1 for v in _strings(raw_item)):
-                    fresh = _distinct_values(raw_item)  # nothing copied: the places say nothing
-                if checked.error is not None:
-                    f = Found(s, e, "failed", window=index, pass_=pass_, located=located, error=checked.error)
-                elif fresh < self.need_fields:
-                    f = Found(s, e, "rejected", checked.value, index, pass_, located=located, error=AttemptError(
-                        type="too_few_fields",
-                        message=f"fewer than {self.need_fields} distinct values at places no other item "
-                        "holds: read as no item (a heading, a salutation, a repetition)"))
-                else:
-                    f = Found(s, e, "ok", checked.value, index, pass_, located=located)
-                    claimed += places
-                f.whole = (s > ws or ws == 0) and (e < we or we == len(text))
-                if located:
-                    floor = max(floor, s + 1)
-                if not any(_overlaps(f, g) for g in step if g.status == f.status):
-                    step.append(f)
+                reading.add(raw_item)
+            step = reading.step
             oks = [f for f in step if f.status == "ok"]
             if self.split == "lines" and not cut and len(oks) == 1 and continuation == 0:
                 # A line read whole as one item is that item's text: its span is the line, not
@@ -477,9 +565,14 @@ class ItemRun:
         return f
 
     # -- the run -----------------------------------------------------------------------
-    async def stream(self) -> AsyncIterator[Any]:
+    async def stream(self, *, as_written: bool = True) -> AsyncIterator[Any]:
         """Each item's value as soon as its window (or the next window's overlap) settles it,
-        in document order within a pass."""
+        in document order within a pass.
+
+        ``as_written``: where a tier streams its answer (the local fast decoder; a remote
+        endpoint, which is then asked for a streamed response), an item is handed out as soon
+        as its element is written and judged, before the window's call returns (``_Handout``).
+        ``run_all`` passes False: nobody reads before the end, so no endpoint streams."""
         text = self.text
         for pass_ in range(1, self.passes + 1):
             if pass_ > 1:
@@ -488,8 +581,33 @@ class ItemRun:
                     break
             windows = await self._windows(text)
             held: list[Found] = []
+            self._last_start = -1
             for index, (ws, we) in enumerate(windows):
-                for f in await self._read_window(text, index, ws, we, pass_):
+                nxt_start = windows[index + 1][0] if index + 1 < len(windows) else len(text)
+                handout = _Handout(self, pass_, nxt_start, held)
+                ready, handed = handout.ready, handout.handed
+                reading = asyncio.ensure_future(self._read_window(text, index, ws, we, pass_,
+                                                                  handout if as_written else None))
+                try:
+                    while True:
+                        get = asyncio.ensure_future(ready.get())
+                        await asyncio.wait({reading, get}, return_when=asyncio.FIRST_COMPLETED)
+                        if not get.done():
+                            get.cancel()
+                            break
+                        yield get.result().value
+                    while not ready.empty():
+                        yield ready.get_nowait().value
+                    found = reading.result()
+                finally:
+                    if not reading.done():  # the caller stopped reading: stop the window's call
+                        reading.cancel()
+                for f in found:
+                    twin = next((g for g in handed if f.status == "ok" and _overlaps(f, g)
+                                 and _json_of(f.value) == _json_of(g.value)), None)
+                    if twin is not None:  # handed out already: the window's reading settles its span
+                        twin.start, twin.end, twin.whole = f.start, f.end, f.whole
+                        continue
                     if f.status == "ok" and pass_ > 1 and any(_overlaps(f, g) for g in self.kept):
                         continue
                     outcome = self._keep(f)
@@ -497,9 +615,9 @@ class ItemRun:
                         held.append(f)
                     elif outcome is not None and outcome in held:  # replaced by a whole copy
                         held[held.index(outcome)] = f
-                nxt_start = windows[index + 1][0] if index + 1 < len(windows) else len(text)
                 held.sort(key=lambda g: g.start)
                 while held and held[0].end <= nxt_start:
+                    self._last_start = held[0].start
                     yield held.pop(0).value
             for f in sorted(held, key=lambda g: g.start):
                 yield f.value

@@ -259,7 +259,7 @@ class Runtime:
         if self.settings.redact_pii and tier.remote:
             call.redaction = redact_pii(task.text)
             if call.redaction.mapping:
-                call.task = dataclasses.replace(task, text=call.redaction.text)
+                call.task = dataclasses.replace(task, text=call.redaction.text, on_text=None)
         if self.budget.capped:
             tokens, usd = worst_case(tier, self.settings, task.spec, call.task.text, task.examples)
             hold = self.budget.reserve(tokens, usd)

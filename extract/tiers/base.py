@@ -12,6 +12,8 @@ or provider.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,8 +22,8 @@ from extract.spec import Spec, max_output_chars
 from extract.spec.prompt import Example
 from extract.types import Attempt
 
-__all__ = ["MIN_OUTPUT_TOKENS", "Spend", "Task", "Tier", "output_reserve", "output_token_limit", "prompt_fits",
-           "split_tier_name"]
+__all__ = ["MIN_OUTPUT_TOKENS", "Spend", "Task", "Tier", "answer_listener", "output_reserve", "output_token_limit",
+           "prompt_fits", "split_tier_name"]
 
 # The smallest room an answer needs: below this many free tokens, the context is full.
 MIN_OUTPUT_TOKENS = 16
@@ -30,6 +32,10 @@ MIN_OUTPUT_TOKENS = 16
 OUTPUT_SLACK_TOKENS = 8
 # A regular expression or a CFG has no length bound of its own.
 UNBOUNDED_OUTPUT_TOKENS = 256
+# Set by a caller that reads answers as they are written (``extract.runtime.lists``) around
+# one chain call; the chain hands it to each tier as ``Task.on_text``. A context variable, so
+# that what sits between (cache, chunking, budget, logs) need not pass it along.
+answer_listener: ContextVar[Callable[[str], None] | None] = ContextVar("answer_listener", default=None)
 
 
 def split_tier_name(name: str) -> tuple[str, str | None]:
@@ -96,6 +102,12 @@ class Task:
     # Every worked example shown, the schema's own first (extract.examples.shown_examples),
     # validated once before the task is built: prompts use them as given.
     examples: list[Example] = field(default_factory=list)
+    # Who reads the answer as it is written (``extract_iter``: an item is yielded once its
+    # element is complete): a tier that can stream calls it with the whole raw answer so far,
+    # from any thread, a new attempt's answer starting afresh. None: nobody listens, and no
+    # tier pays for streaming. The chain leaves it out where the text sent is not the caller's
+    # (PII redacted for a remote tier): the answer would hold placeholders, not the values.
+    on_text: Callable[[str], None] | None = None
 
     def time_left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()

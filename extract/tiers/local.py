@@ -13,7 +13,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from extract.errors import ConfigError, UnsupportedSchema
@@ -219,8 +219,14 @@ class LocalTier:
         if engine is not None:  # decoded in one batch with the other extractions in flight
             gen = await engine.generate(prompt, grammar, budget, penalty, prefix, guard)
         else:
+            # The listener hears from the decoding thread; it answers on this loop.
+            hear = task.on_text
+            on_text: Callable[[str], None] | None = None
+            if hear is not None:
+                def on_text(text: str) -> None:
+                    loop.call_soon_threadsafe(hear, text)
             gen = await loop.run_in_executor(
-                model.executor, model.generate, prompt, grammar, budget, penalty, prefix, guard)
+                model.executor, model.generate, prompt, grammar, budget, penalty, prefix, guard, on_text)
         truncated = gen.finish_reason == "length"
         checked = check(gen.text, spec, truncated=truncated)
         error = checked.error

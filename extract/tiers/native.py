@@ -29,6 +29,7 @@ and each top-level field's grammar together. Elsewhere the field is validated af
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from extract.errors import ConfigError, ProviderError, UnsupportedSchema
@@ -140,8 +141,12 @@ class NativeTier(EndpointTier):
                     fmt = (response_format_for(mode, sent, schema_name(spec)) if sent is not None
                            else response_format_for("json_object", {}, schema_name(spec))) if schema else None
                     call_started = time.perf_counter()
+                    # Streamed only when someone reads the answer as it is written.
+                    send = conn.chat if task.on_text is None else partial(conn.chat_streamed, task.on_text)
+                    if task.on_text is not None:
+                        meta["streamed"] = True
                     try:
-                        response = await conn.chat(
+                        response = await send(
                             model=model_name,
                             messages=messages,
                             max_tokens=budget,
@@ -170,6 +175,7 @@ class NativeTier(EndpointTier):
         answered = self._answered(task, response, model_name, checked, latency, {
             **meta,
             **({"confidence": confidence} if confidence else {}),
+            **({"usage_estimated": True} if getattr(response, "usage_estimated", False) else {}),
             "http_tries": conn.http_tries,
             **({"transport_errors": conn.transport_errors} if conn.transport_errors else {}),
             **({"rejected_modes": rejected} if rejected else {}),
