@@ -3,7 +3,11 @@
 Local tier (``--mode local``, the default)::
 
     uv run python benchmarks/throughput.py [--data usaddress,citations] [--pool 0,6] [--n 16]
-        [--levels 1,2,4,8,16] [--slots N]
+        [--levels 1,2,4,8,16] [--slots N] [--group 1,8]
+
+``--group 8`` adds, with examples, a one-at-a-time row with ``examples_group=8``: groups of 8
+similar documents share 5 of the 6 examples, in the prompt prefix the local tier evaluates once
+per group, and each document adds its own most similar one.
 
 ``extract_many`` runs the same N evaluation rows (the first N of ``benchmarks/ablation.py``'s
 seeded holdout, so no evaluated row is ever an example) at each concurrency level through one
@@ -51,12 +55,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=["local", "server"], default="local")
     parser.add_argument("--n", type=int, default=16, help="documents per level")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="local mode: skip this many holdout rows first (rows not looked at while tuning)")
     parser.add_argument("--levels", default="1,2,4,8,16", help="concurrency levels, comma-separated")
     parser.add_argument("--data", default="usaddress,citations", help="local mode: datasets")
     parser.add_argument("--pool", default="0,6", help="local mode: examples per document (0: zero-shot)")
     parser.add_argument("--slots", type=int, default=8,
                         help="local mode: local_slots of the engine rows (the setting's default, 1, is no engine)")
     parser.add_argument("--no-single", action="store_true", help="local mode: skip the one-at-a-time row")
+    parser.add_argument("--group", default="1",
+                        help="local mode, with examples: examples_group sizes to add as one-at-a-time rows "
+                        "(groups of similar documents share k - 1 examples in their prompt prefix)")
     parser.add_argument("--threads", type=int, default=1, help="server mode: llama.cpp server threads")
     parser.add_argument("--max-tokens", type=int, default=96, help="server mode")
     args = parser.parse_args()
@@ -76,11 +85,11 @@ def local(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from ablation import _gold, pool_for, spec_for, split
 
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = [int(x) for x in args.levels.split(",") if x]  # "": no engine rows
     lines = []
     for dataset in args.data.split(","):
         rows, pool_rows = split(dataset, 200, 0)
-        rows = rows[: args.n]
+        rows = rows[args.offset: args.offset + args.n]
         texts = [str(r["text"]) for r in rows]
         spec = spec_for(rows[0], dataset, "copy")
         pool = pool_for(pool_rows, dataset, rows[0])
@@ -93,6 +102,11 @@ def local(args: argparse.Namespace) -> None:
                 single = Extractor(**options, local_slots=1)
                 single.run(texts[0], spec)  # warm-up: the model and the shared prefix
                 runs.append(("1, one at a time", timed_with(single, texts, spec, 1)))
+            for g in (int(x) for x in args.group.split(",")):
+                if k and g > 1:
+                    grouped = Extractor(**options, local_slots=1, examples_group=g)
+                    grouped.run(texts[0], spec)
+                    runs.append((f"1, groups of {g}", timed_with(grouped, texts, spec, 1)))
             extractor = Extractor(**options, local_slots=args.slots)
             extractor.run(texts[0], spec)
             for level in levels:
@@ -141,7 +155,7 @@ def server(args: argparse.Namespace) -> None:
     from schemas.address import Address
 
     texts = [json.loads(line)["text"] for line in DATA.open(encoding="utf-8")][: args.n]
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = [int(x) for x in args.levels.split(",") if x]  # "": no engine rows
     server = start_server(n_threads=args.threads, n_ctx=4096)
     rows: list[tuple[str, int, float, int]] = []
     try:

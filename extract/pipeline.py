@@ -73,13 +73,14 @@ class Extractor:
     ``tiers`` is the policy: a list of tier names in order (``["local"]``, ``["native",
     "instructor", "local"]``...). ``examples`` is a pool of (text, answer) pairs; for each text
     the ``examples_k`` most similar are shown to every tier (``examples_select="fixed"``: the
-    first k), see ``extract.examples``. Every other keyword is a ``Settings`` field and
-    overrides the ``EXTRACT_*`` environment.
+    first k), see ``extract.examples``; ``examples_group=N``: in a batch, groups of N similar
+    texts share k - 1 of them (evaluated once per group on the local tier). Every other
+    keyword is a ``Settings`` field and overrides the ``EXTRACT_*`` environment.
     """
 
     def __init__(self, tiers: Sequence[str] | None = None, *, examples: Sequence[Any] | None = None,
                  examples_k: int | None = None, examples_select: Literal["similar", "fixed"] = "similar",
-                 **settings: Any) -> None:
+                 examples_group: int = 1, **settings: Any) -> None:
         if isinstance(tiers, str):
             tiers = [tiers]
         if tiers is not None and not tiers:
@@ -88,9 +89,11 @@ class Extractor:
         self.tier_names = self.settings.default_tiers()
         self.tiers: list[Tier] = [make_tier(name, self.settings) for name in self.tier_names]
         self.runtime = Runtime(self.settings, self.tiers)  # budget, PII, cost, logs, spans
-        if examples is None and examples_k is not None:
-            raise ConfigError("examples_k is set but no examples pool was given (examples=[(text, answer), ...])")
-        self.examples = (ExamplePool(examples, examples_k, select=examples_select, n_ctx=self.settings.n_ctx)
+        if examples is None and (examples_k is not None or examples_group != 1):
+            raise ConfigError("examples_k or examples_group is set but no examples pool was given "
+                              "(examples=[(text, answer), ...])")
+        self.examples = (ExamplePool(examples, examples_k, select=examples_select, n_ctx=self.settings.n_ctx,
+                                     group=examples_group)
                          if examples is not None else None)
         self.cache = open_store(self.settings)  # None with cache=False (extract.runtime.cache)
 

@@ -88,6 +88,11 @@ def test_similarity_selection_is_deterministic_and_prefers_the_closer_example() 
         ({"examples": POOL, "examples_k": 0}, r"examples_k must be an integer of at least 1"),
         ({"examples": POOL, "examples_k": 4}, r"examples_k=4 is larger than the pool of 3"),
         ({"examples_k": 2}, r"no examples pool was given"),
+        ({"examples_group": 4}, r"no examples pool was given"),
+        ({"examples": POOL, "examples_group": 0}, r"examples_group must be an integer of at least 1"),
+        ({"examples": POOL, "examples_k": 1, "examples_group": 2}, r"examples_group needs .*k=1"),
+        ({"examples": POOL, "examples_select": "fixed", "examples_group": 2},
+         r"examples_group needs examples_select='similar'"),
         ({"examples": [("just a text",)]}, r"examples\[0\] is not a \(text, answer\) pair"),
     ],
 )
@@ -143,3 +148,52 @@ def test_remote_span_copy_check_flags_a_value_not_in_the_input() -> None:
     assert [d["loc"] for d in error.details] == [["PlaceName"]]
     assert copy_violations({"PlaceName": "Boston"}, spec, text, setting=False) is None
     assert copy_violations({"country": "France"}, compile_spec(Capital), "a trip") is None
+
+
+GROUP_TEXTS = ["PO Box 881, Akron OH 44309", "2100 S Oak Ave, Tulsa, OK 74114", "PO Box 7, Enid OK 73701",
+               "77 N Pine Ave, Tulsa, OK 74103"]
+
+
+def test_a_fixed_pool_and_a_group_share_their_examples_in_the_prompt_prefix() -> None:
+    from extract.spec.prompt import shared_prefix
+
+    spec = compile_spec(Address)
+    fixed = ExamplePool(POOL, k=2, select="fixed").choose("PO Box 9, Enid OK", spec)
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages)
+    assert all(e.shared for e in fixed)  # the same for every input: inside the shared prefix
+    assert POOL[1][0] in shared_prefix(render, spec, fixed)
+    pool = ExamplePool(POOL, k=2, group=2)
+    groups = pool.groups(GROUP_TEXTS)
+    assert groups == [[0, 2], [1, 3]]  # the PO boxes together, the streets together
+    shared = pool.choose_shared([GROUP_TEXTS[i] for i in groups[0]], spec)
+    assert [e.index for e in shared] == [0] and shared[0].scope == "group"
+    own = pool.choose(GROUP_TEXTS[0], spec, shared)
+    assert own[0] == shared[0] and len(own) == 2 and own[1].index != 0 and not own[1].shared
+    prefix = shared_prefix(render, spec, own)
+    assert POOL[0][0] in prefix and POOL[own[1].index][0] not in prefix
+    assert [e.index for e in pool.choose(GROUP_TEXTS[0], spec)] == [e.index for e in ExamplePool(POOL, k=2)
+                                                                      .choose(GROUP_TEXTS[0], spec)]
+
+
+def test_a_batch_group_evaluates_its_shared_examples_once(tmp_path: Any) -> None:
+    from extract import extract_many
+
+    ex = Extractor(tiers=["local"], examples=POOL, examples_k=2, examples_group=2, cache_dir=tmp_path,
+                   prefix_cache=True)
+    store = tmp_path / "prefix-kv"
+    # Alone, an input is shown its own k examples: the prefix every input shares is stored.
+    assert ex.run(GROUP_TEXTS[0], Address).attempts[-1].meta["prefix_kv"] == "evaluated"
+    assert len(list(store.glob("*.kv"))) == 1
+    results = extract_many(GROUP_TEXTS, Address, concurrency=1, extractor=ex)
+    assert [r.ok for r in results] == [True] * 4  # one Result per input, in input order
+    for result, text in zip(results, GROUP_TEXTS, strict=True):  # each read from its own text (span-copy)
+        values = [v for v in result.value.model_dump().values() if v]
+        assert values and all(v in text for v in values), (text, values)
+    sources = [r.attempts[-1].meta["prefix_kv"] for r in results]
+    # Groups run one after another (0, 2, then 1, 3): each group's prefix is evaluated once.
+    assert sorted(sources) == ["evaluated", "evaluated", "memory", "memory"]
+    assert {sources[0], sources[2]} == {"evaluated", "memory"}
+    # A prefix only a group shares is kept in memory, not written to the store.
+    assert len(list(store.glob("*.kv"))) == 1

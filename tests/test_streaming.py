@@ -100,13 +100,14 @@ def test_every_transient_fault_on_a_stream_is_retried(
 ) -> None:
     async def chat() -> tuple[Any, list[str], Connection]:
         heard: list[str] = []
-        settings = remote_settings(timeout_s=1.0)
+        # Only the held request must outlast the timeout: an answer on a loaded machine may take seconds.
+        settings = remote_settings(timeout_s=3.0 if fault == "delay" else 30.0)
         async with Connection(Endpoint.from_settings(settings)) as conn:
             response = await conn.chat_streamed(heard.append, model="local", max_tokens=6, temperature=0,
                                                 messages=[{"role": "user", "content": "Say OK."}])
         return response, heard, conn
 
-    proxy.configure(next=[fault], retry_after=0.1, delay_s=2.0)
+    proxy.configure(next=[fault], retry_after=0.1, delay_s=6.0)
     response, heard, conn = asyncio.run(chat())
     assert conn.http_tries == 2 and len(conn.transport_errors) == 1
     assert proxy.stats()["faults"] == {fault: 1}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shlex
@@ -36,9 +37,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from extract.errors import ConfigError, ProviderError, UnsupportedSchema
+from extract.examples import ExamplePool, group_examples
 from extract.pipeline import Extractor, run_sync
 from extract.runtime.cache import result_from_json, result_to_json
 from extract.spec import Spec, compile_spec
+from extract.spec.prompt import Example
 from extract.types import Attempt, AttemptError, Result
 
 __all__ = [
@@ -95,15 +98,41 @@ def _check_pool(concurrency: int, rate_limit: float | None) -> None:
         raise ConfigError(f"rate_limit must be a positive number of extractions per second, got {rate_limit!r}")
 
 
-async def _one(extractor: Extractor, spec: Spec, text: Any, all_items: bool = False) -> Result:
+async def _one(extractor: Extractor, spec: Spec, text: Any, all_items: bool = False,
+               shared: tuple[Example, ...] = ()) -> Result:
     if isinstance(text, Exception):  # a row already known to be bad (read_inputs)
         return failed_result(text)
+    token = group_examples.set(shared)
     try:
         if all_items:  # every item of the document: one Result holding the list
             return await extractor.arun_all(text, spec)
         return await extractor.arun(text, spec)
     except Exception as exc:  # one input's failure is recorded, never the batch's end
         return failed_result(exc)
+    finally:
+        group_examples.reset(token)
+
+
+# Inputs read ahead to form groups from (``examples_group``): similar inputs are looked for
+# among this many groups' worth, so a file of millions of rows is still read lazily.
+GROUP_WINDOW_GROUPS = 8
+
+
+def _grouped(pool: ExamplePool, spec: Spec, source: Iterator[tuple[Any, Any]]
+             ) -> Iterator[tuple[Any, Any, tuple[Example, ...]]]:
+    """``(key, text, shared examples)`` for every item, in the order to run them: each window
+    of inputs put in groups of similar texts (``ExamplePool.groups``), a group's members one
+    after another so that the local tier evaluates their shared prefix once."""
+    while True:
+        window = list(itertools.islice(source, pool.group * GROUP_WINDOW_GROUPS))
+        if not window:
+            return
+        texts = [t if isinstance(t, str) else t.decode("utf-8", "replace") if isinstance(t, bytes) else ""
+                 for _, t in window]
+        for members in pool.groups(texts):
+            shared = pool.choose_shared([texts[m] for m in members], spec)
+            for m in members:
+                yield (*window[m], shared)
 
 
 async def astream(
@@ -122,16 +151,21 @@ async def astream(
     (``Extractor.arun_all``).
     """
     _check_pool(concurrency, rate_limit)
-    source: Iterator[tuple[Any, Any]] = iter(items)
+    pool = extractor.examples
+    source: Iterator[tuple[Any, Any, tuple[Example, ...]]]
+    if pool is not None and pool.group > 1 and not all_items:
+        source = _grouped(pool, spec, iter(items))
+    else:
+        source = ((key, text, ()) for key, text in items)
     limit = RateLimit(rate_limit) if rate_limit is not None else None
     done: asyncio.Queue[tuple[Any, Result] | None] = asyncio.Queue()
 
     async def worker() -> None:
         try:
-            for key, text in source:  # one shared iterator: each item goes to exactly one worker
+            for key, text, shared in source:  # one shared iterator: each item goes to exactly one worker
                 if limit is not None:
                     await limit.wait()
-                await done.put((key, await _one(extractor, spec, text, all_items)))
+                await done.put((key, await _one(extractor, spec, text, all_items, shared)))
         finally:
             await done.put(None)
 
@@ -214,7 +248,7 @@ def _rebuild_options(extractor: Extractor) -> dict[str, Any]:
     options["tiers"] = list(extractor.tier_names)
     pool = getattr(extractor, "examples", None)
     if pool is not None:
-        options.update(examples=pool.raw, examples_k=pool.k, examples_select=pool.select)
+        options.update(examples=pool.raw, examples_k=pool.k, examples_select=pool.select, examples_group=pool.group)
     return options
 
 

@@ -205,7 +205,8 @@ class LocalModel(Protocol):
 
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                  null_penalty: float = 0.0, prefix: str | None = None,
-                 guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None) -> Generation: ...
+                 guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None,
+                 save_prefix: bool = True) -> Generation: ...
 
 
 class LlamaCppModel:
@@ -309,7 +310,8 @@ class LlamaCppModel:
 
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                  null_penalty: float = 0.0, prefix: str | None = None,
-                 guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None) -> Generation:
+                 guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None,
+                 save_prefix: bool = True) -> Generation:
         """Greedy constrained decoding; ``null_penalty`` (fast decoder only) is subtracted from
         the logits of ``null`` wherever the grammar also allows a string to start there.
         ``guard`` (fast decoder only) vetoes a sampled token; the next best allowed one is taken.
@@ -319,11 +321,15 @@ class LlamaCppModel:
         ``prefix``: the start of ``prompt`` that other documents of the same spec share
         (``extract.spec.prompt.shared_prefix``). It is evaluated on its own, reused from memory
         or from the prefix store, so a value never depends on what this process decoded before.
+        ``save_prefix=False``: a prefix only a few documents share (a batch group's examples) is
+        kept in memory but not written to the store, where it would only push out the prefixes
+        every document of a spec shares.
         """
         with self._lock:  # one llama context: decodes are serialised per model
             if self._decoder == "outlines":
                 return self._generate_outlines(prompt, grammar, max_tokens)
-            return self._generate_fast(prompt, grammar, max_tokens, null_penalty, prefix, guard, on_text)
+            return self._generate_fast(prompt, grammar, max_tokens, null_penalty, prefix, guard, on_text,
+                                       save_prefix)
 
     def _null_tokens(self) -> tuple[list[int], int | None]:
         """(tokens that spell ``null`` or a prefix of it, the token of a lone ``"``), cached."""
@@ -344,7 +350,7 @@ class LlamaCppModel:
     def _generate_fast(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                        null_penalty: float = 0.0, prefix: str | None = None,
                        guard: TokenGuard | None = None,
-                       on_text: Callable[[str], None] | None = None) -> Generation:
+                       on_text: Callable[[str], None] | None = None, save_prefix: bool = True) -> Generation:
         import llama_cpp
         import llguidance
         import llguidance.numpy as llg_np
@@ -362,7 +368,7 @@ class LlamaCppModel:
         # The prompt is evaluated on every core; what follows (one token, or a short run of
         # grammar-forced ones) is memory-bound work that more threads only slow down.
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, decode_threads, threads)
-        prefix_source = self._eval_prompt(prompt_tokens, self._prefix_length(prompt_tokens, prefix))
+        prefix_source = self._eval_prompt(prompt_tokens, self._prefix_length(prompt_tokens, prefix), save_prefix)
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, decode_threads, decode_threads)
         matcher = None
         bitmask = None
@@ -507,7 +513,7 @@ class LlamaCppModel:
             n += 1
         return min(n, len(prompt_tokens) - 1)  # evaluate at least one token for logits
 
-    def _eval_prompt(self, prompt_tokens: list[int], prefix_len: int = 0) -> str:
+    def _eval_prompt(self, prompt_tokens: list[int], prefix_len: int = 0, save: bool = True) -> str:
         """Evaluate the prompt, reusing a KV cache for its shared prefix; says where that came from.
 
         Prompts for one spec share the instructions and differ only in the document at the
@@ -533,11 +539,12 @@ class LlamaCppModel:
         prefix = prompt_tokens[:prefix_len]
         source = "memory"
         if keep < prefix_len:
-            source = "disk" if self._load_prefix(prefix) else "evaluated"
+            source = "disk" if save and self._load_prefix(prefix) else "evaluated"
             if source == "evaluated":
                 llm.n_tokens = 0
                 llm.eval(prefix)
-                self._save_prefix(prefix)
+                if save:
+                    self._save_prefix(prefix)
         llm.n_tokens = prefix_len
         llm.eval(prompt_tokens[prefix_len:])
         return source

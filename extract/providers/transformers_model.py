@@ -101,7 +101,8 @@ class TransformersModel:
 
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                  null_penalty: float = 0.0, prefix: str | None = None,
-                 guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None) -> Generation:
+                 guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None,
+                 save_prefix: bool = True) -> Generation:
         """Outlines' generator; ``null_penalty``, ``prefix``, ``guard`` and ``on_text`` are llama.cpp
         fast-decoder levers (logit penalty, prefix KV reuse, span-reuse veto, the text as it is
         written), not applied here: the answer comes in one piece."""

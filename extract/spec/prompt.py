@@ -7,11 +7,12 @@ the exact wording that produced it: change the wording, bump the version.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from extract.spec.model import Spec
 
@@ -45,10 +46,19 @@ class Example:
     text: str
     answer: str
     index: int  # position in the user's pool; -1 for examples carried in the schema
+    # Which documents show it in this place: only this one ("document": chosen for it by
+    # similarity), every document ("all": the schema's own, or a pool shown whole with
+    # select="fixed"), or the documents of one batch group ("group": ``examples_group``).
+    # What more than one document shows, first in the prompt, is in its shared prefix.
+    scope: Literal["document", "all", "group"] = "document"
 
     @property
     def size(self) -> int:
         return len(self.text) + len(self.answer)
+
+    @property
+    def shared(self) -> bool:
+        return self.index < 0 or self.scope != "document"
 
 OPEN, CLOSE = "<document>", "</document>"
 
@@ -165,13 +175,13 @@ def shared_prefix(render: Callable[[list[dict[str, str]]], str], spec: Spec,
                   examples: Sequence[Example] = ()) -> str:
     """The start of every rendered prompt for ``spec`` that no document changes.
 
-    It ends where the first per-document text begins: the first example from a user's pool
-    (``index >= 0``; chosen per document) or the document itself. The schema's own examples
-    are the same for every document and stay inside. ``render`` is the model's chat
-    template; rendering with a placeholder document finds the boundary whatever the template
-    puts around the turns.
+    It ends where the first per-document text begins: the first example chosen for this
+    document alone (``Example.shared`` is False) or the document itself. The schema's own
+    examples, a fixed pool and a batch group's examples are the same for every document that
+    shows them and stay inside. ``render`` is the model's chat template; rendering with a
+    placeholder document finds the boundary whatever the template puts around the turns.
     """
-    fixed = [ex for ex in examples if ex.index < 0]
+    fixed = list(itertools.takewhile(lambda ex: ex.shared, examples))
     rendered = render(build_messages(spec, _SENTINEL, fixed))
     cut = rendered.find(_SENTINEL)
     return rendered[:cut] if cut > 0 else ""

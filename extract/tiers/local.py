@@ -225,8 +225,10 @@ class LocalTier:
             if hear is not None:
                 def on_text(text: str) -> None:
                     loop.call_soon_threadsafe(hear, text)
+            # A prefix holding a batch group's examples serves a few documents: memory, not disk.
+            save = not any(ex.scope == "group" for ex in task.examples)
             gen = await loop.run_in_executor(
-                model.executor, model.generate, prompt, grammar, budget, penalty, prefix, guard, on_text)
+                model.executor, model.generate, prompt, grammar, budget, penalty, prefix, guard, on_text, save)
         truncated = gen.finish_reason == "length"
         checked = check(gen.text, spec, truncated=truncated)
         error = checked.error
