@@ -121,10 +121,10 @@ class NativeTier(EndpointTier):
         meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget}
         started = time.perf_counter()
         model_name: str | None = endpoint.model
+        asked: dict[str, Any] = {}
         async with Connection(endpoint, task.deadline) as conn:
             try:
                 model_name = await conn.served_model()
-                logprobs = self.settings.remote_logprobs and await conn.logprobs_supported(model_name)
                 call_started = time.perf_counter()
                 response = None
                 if schema is not None and "grammar_field" in spec.features:
@@ -140,6 +140,7 @@ class NativeTier(EndpointTier):
                     fmt = (response_format_for(mode, sent, schema_name(spec)) if sent is not None
                            else response_format_for("json_object", {}, schema_name(spec))) if schema else None
                     call_started = time.perf_counter()
+                    asked = conn.logprobs_fields(self.settings.remote_logprobs)
                     try:
                         response = await conn.chat(
                             model=model_name,
@@ -147,9 +148,12 @@ class NativeTier(EndpointTier):
                             max_tokens=budget,
                             temperature=0,
                             **({"response_format": fmt} if fmt is not None else {}),
-                            **({"logprobs": True} if logprobs else {}),
+                            **asked,
                         )
                     except ProviderError as exc:
+                        if conn.logprobs_refused(exc, bool(asked)):
+                            meta["logprobs_refused"] = str(exc)
+                            continue  # the same mode again, without log-probabilities
                         # A refusal of a mode this endpoint has already answered in is a
                         # fault of the moment (a flaky gateway's 400), not a missing ability.
                         confirmed = conn.state.ladder.confirmed == mode
@@ -166,6 +170,7 @@ class NativeTier(EndpointTier):
         raw = choice.message.content
         finish = choice.finish_reason
         checked = self.checked(raw, task, finish)
+        logprobs = conn.logprobs_answered(choice) if asked else False
         confidence = response_confidences(choice, raw, spec.is_json) if logprobs and not checked.repaired else {}
         answered = self._answered(task, response, model_name, checked, latency, {
             **meta,
