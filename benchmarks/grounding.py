@@ -2,12 +2,15 @@
 
     nice -n 5 python benchmarks/grounding.py --data usaddress --sample 200 --config copy --config sim6
     nice -n 5 python benchmarks/grounding.py --data usaddress --sample 200 --config copy --fit cal.json
+    nice -n 5 python benchmarks/grounding.py --data usaddress --sample 8 --tier native --config copy
     python benchmarks/grounding.py --timing-only       # alignment speed only
 
 The evaluated rows are ``benchmarks/ablation.py``'s holdout (a seeded shuffle, the first
 ``--holdout`` rows; worked examples only ever come from the rest), extracted by the embedded
-model on the local tier with ``Extractor`` (zero-shot ``copy``, or ``sim6``: six similar
-examples from the pool). For every returned value (``Result.fields``):
+model with ``Extractor`` (zero-shot ``copy``, or ``sim6``: six similar examples from the pool),
+on the local tier or (``--tier native``) behind llama.cpp's server, started here and asked for
+token log-probabilities (``remote_logprobs=True``; they are the model's unconstrained ones,
+and slow to compute in llama-cpp-python). For every returned value (``Result.fields``):
 
 - **offsets**: an ``exact`` span must read back as the value, a ``normalized`` one must
   normalize to it; ``at gold`` counts right values whose span is where the gold value first
@@ -25,6 +28,7 @@ for ``Extractor(calibration=PATH)``. Per-record results are kept in ``--out`` an
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import string
@@ -47,9 +51,15 @@ from extract.validate.calibration import Calibration  # noqa: E402
 from extract.validate.grounding import ground_value, normalize  # noqa: E402
 
 
-def extract_rows(args: argparse.Namespace, dataset: str, config: str) -> list[dict[str, Any]]:
+def rows_file(args: argparse.Namespace, dataset: str, config: str, tier: str) -> Path:
+    """Where a run's rows are kept (local rows keep the names they had before tiers were added)."""
+    return Path(args.out) / (f"{dataset}-{config}.jsonl" if tier == "local" else f"{dataset}-{config}-{tier}.jsonl")
+
+
+def extract_rows(args: argparse.Namespace, dataset: str, config: str, tier: str = "local",
+                 base_url: str | None = None) -> list[dict[str, Any]]:
     """One stored row per evaluated record: text, gold, value, fields, model digest."""
-    out = Path(args.out) / f"{dataset}-{config}.jsonl"
+    out = rows_file(args, dataset, config, tier)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {}
     if out.exists():
@@ -60,26 +70,32 @@ def extract_rows(args: argparse.Namespace, dataset: str, config: str) -> list[di
     items = evaluated[: args.sample]
     extractors: dict[str, Extractor] = {}
     started = time.perf_counter()
+    shard, shards = args.shard
     with out.open("a", encoding="utf-8") as sink:
-        for row in items:
-            if row["id"] in done:
+        for n, row in enumerate(items):
+            if row["id"] in done or n % shards != shard:
                 continue
             group = str(row.get("intent", dataset))
             if group not in extractors:
-                extractors[group] = Extractor(tiers=["local"], n_threads=args.threads,
+                # A constrained call on a one-thread server on 2 shared cores runs past the default
+                # 30 s under load (measured: every usaddress call timed out at load ~8 and the
+                # breaker opened), as in benchmarks/tiers.py: the rows should measure the model.
+                remote: dict[str, Any] = {"timeout_s": 300.0, "breaker_threshold": 1000, "remote_logprobs": True} \
+                    if tier != "local" else {}
+                extractors[group] = Extractor(tiers=[tier], base_url=base_url, n_threads=args.threads, **remote,
                                               **options_for(config, pool_for(pool_rows, dataset, row)))
             result = extractors[group].run(row["text"], spec_for(row, dataset, config))
             winner = next((a for a in reversed(result.attempts) if a.ok), None)
-            rec = {"id": row["id"], "text": row["text"], "gold": _gold(row), "ok": result.ok,
+            rec = {"id": row["id"], "text": row["text"], "gold": _gold(row), "ok": result.ok, "tier": tier,
                    "fields": [f.model_dump(mode="json") for f in result.fields],
-                   "model": winner.model.digest if winner and winner.model else None,
+                   "model": (winner.model.digest or winner.model.name) if winner and winner.model else None,
                    "spec": compile_spec(spec_for(row, dataset, config)).digest}
             sink.write(json.dumps(rec, ensure_ascii=False) + "\n")
             sink.flush()
             done[row["id"]] = rec
-    print(f"{dataset} {config}: {len(items)} records, {time.perf_counter() - started:.0f} s extracting",
+    print(f"{dataset} {tier}:{config}: {len(items)} records, {time.perf_counter() - started:.0f} s extracting",
           file=sys.stderr)
-    return [done[r["id"]] for r in items]
+    return [done[r["id"]] for r in items if r["id"] in done]
 
 
 def judged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -135,9 +151,9 @@ def _f(x: float | None, pct: bool = False) -> str:
     return f"{100 * x:.0f}%" if pct else f"{x:.3f}"
 
 
-def report(dataset: str, config: str, rows: list[dict[str, Any]]) -> list[str]:
+def report(dataset: str, config: str, rows: list[dict[str, Any]], tier: str = "local") -> list[str]:
     values = judged(rows)
-    lines = [f"\n### {dataset} · local:{config} · {len(rows)} records, {len(values)} values "
+    lines = [f"\n### {dataset} · {tier}:{config} · {len(rows)} records, {len(values)} values "
              f"({sum(r['ok'] for r in rows)} records with a valid object)\n",
              "| status | values | offsets read back | right | right values at the gold position |",
              "|---|---|---|---|---|"]
@@ -212,20 +228,32 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=200)
     parser.add_argument("--holdout", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tier", action="append", choices=["local", "native"],
+                        help="tier (repeat); default local. native: the embedded model behind llama.cpp's "
+                        "server, started here, with token log-probabilities asked of it")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grounding"))
+    parser.add_argument("--shard", type=lambda v: tuple(int(x) for x in v.split("/")), default=(0, 1),
+                        metavar="K/N", help="extract only records K, K+N, ... (N processes appending to "
+                        "the same rows file; a run without --shard then reports them all)")
     parser.add_argument("--fit", type=Path, help="write a calibration fitted on the last config's values here")
     parser.add_argument("--timing-only", action="store_true")
     args = parser.parse_args()
     if args.sample > args.holdout:
         parser.error("--sample cannot exceed --holdout (the rows beyond it are the example pool)")
     lines = [timing(args.seed)]
-    if not args.timing_only:
-        for dataset in args.data or ["usaddress"]:
-            for config in args.config or ["copy", "sim6"]:
-                rows = extract_rows(args, dataset, config)
-                lines += report(dataset, config, rows)
-                if args.fit is not None:
+    tiers = args.tier or ["local"]
+    server = None
+    try:
+        if "native" in tiers and not args.timing_only:
+            from extract.providers.server import start_server
+
+            server = start_server(n_threads=args.threads, n_ctx=4096)
+        for dataset in [] if args.timing_only else args.data or ["usaddress"]:
+            for tier, config in itertools.product(tiers, args.config or ["copy", "sim6"]):
+                rows = extract_rows(args, dataset, config, tier, server.base_url if server else None)
+                lines += report(dataset, config, rows, tier)
+                if args.fit is not None and tier == "local":
                     values = [v for v in judged(rows) if v["conf"] is not None]
                     digests = {(r["spec"], r["model"]) for r in rows if r["model"]}
                     spec_digest, model_digest = sorted(digests)[0]
@@ -237,6 +265,9 @@ def main() -> None:
                                     fitted_on={"data": dataset, "config": config, "records": len(rows),
                                                "values": len(values)}).save(args.fit)
                     lines.append(f"\nCalibration written to {args.fit}")
+    finally:
+        if server is not None:
+            server.stop()
     print("\n".join(lines))
 
 

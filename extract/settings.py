@@ -157,9 +157,11 @@ class Settings(BaseSettings):
     )
     remote_logprobs: bool = Field(
         default=False,
-        description="Ask remote endpoints for token log-probabilities, for per-value confidence "
-        "(learnt once per endpoint with a one-token request; an endpoint that refuses gives None). "
-        "Off by default: llama-cpp-python's server refuses them unless started with logits_all.",
+        description="Ask remote endpoints for token log-probabilities, for per-value confidence. "
+        "No extra request: the first call asks, and an endpoint that ignores or refuses them is "
+        "remembered and not asked again (its values' confidence is None). Off by default: "
+        "llama-cpp-python's server computes them in Python, sorting the whole vocabulary per "
+        "output token (measured: 80 tokens in 67 s instead of 8.6 s, at load 9).",
     )
     calibration: Path | None = Field(
         default=None,

@@ -299,3 +299,38 @@ def test_compliance_report_gains_confidence_figures_and_a_reliability_plot(tmp_p
     assert conf["auroc"] == 1.0 and conf["precision_at_50"] == 1.0  # the wrong city is the least sure
     assert (tmp_path / "reliability.png").is_file()
     assert "Confidence of values" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_extract_bench_fits_a_calibration_the_extractor_accepts(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from extract.front.cli import app
+    from schemas.address import Address
+
+    rows = [{"id": f"a{i}", "text": text, "gold": gold} for i, (text, gold) in enumerate([
+        ("12 Main St, Springfield, IL 62704",
+         {"AddressNumber": "12", "StreetName": "Main", "PlaceName": "Springfield"}),
+        ("400 Oak Avenue Apt 5, Denver, CO 80203", {"AddressNumber": "400", "StreetName": "Oak", "ZipCode": "80203"}),
+        ("77 Elm Road, Austin, TX 78701", {"AddressNumber": "77", "StreetName": "Elm", "StateName": "TX"}),
+    ])]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    runner = CliRunner()
+    missing = runner.invoke(app, ["bench", "--data", str(data), "--schema", "schemas.address:Address", "--policy",
+                                  "local", "--out", str(tmp_path / "o"), "--fit-calibration",
+                                  str(tmp_path / "no" / "cal.json")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    assert not (tmp_path / "o" / "attempts.jsonl").exists()  # refused before any extraction
+    cal_path = tmp_path / "cal.json"
+    res = runner.invoke(app, ["bench", "--data", str(data), "--schema", "schemas.address:Address", "--policy",
+                              "local", "--out", str(tmp_path / "o"), "--fit-calibration", str(cal_path)])
+    assert res.exit_code == 0, res.output
+    cal = Calibration.load(cal_path)
+    assert cal.spec_digest == compile_spec(Address).digest and cal.prompt_version == PROMPT_VERSION
+    assert cal.fitted_on["values"] >= 3 and cal.xs and len(cal.xs) == len(cal.ys)
+    # The fitted file is for this schema, model and prompt: the Extractor takes it without complaint.
+    result = Extractor(["local"], cache=False, calibration=cal_path).run(str(rows[0]["text"]), Address)
+    assert result.ok and result.fields
+    for f in result.fields:
+        assert f.raw_confidence is not None and f.confidence is not None and 0.0 <= f.confidence <= 1.0
+        assert f.confidence == cal(f.raw_confidence, f.contested, f.path)

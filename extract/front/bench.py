@@ -39,14 +39,16 @@ from typing import Any
 
 from extract.errors import ConfigError, ExtractError, UnsupportedSchema
 from extract.pipeline import Extractor
-from extract.report.aggregate import group_items, rows_for_result
+from extract.report.aggregate import group_items, judged_values, rows_for_result
 from extract.report.render import CORPUS_SCHEMA, PROVENANCE, load_rows, models_of, render
 from extract.report.scoring import gold_for_schema, instance_valid
 from extract.spec import compile_spec
 from extract.types import Attempt, AttemptError
+from extract.validate.calibration import Calibration
 
 __all__ = ["CORPUS_PROMPT", "POLICIES", "BenchItem", "BenchRun", "check_draw", "code_provenance", "current_prompts",
-           "done_keys", "item_rows", "merge_parts", "read_suite", "record_part", "render_current", "run_bench"]
+           "done_keys", "fit_calibration", "item_rows", "merge_parts", "read_suite", "record_part", "render_current",
+           "run_bench"]
 
 # A policy is one tier alone or the default chain (None: Settings.default_tiers()).
 POLICIES: dict[str, list[str] | None] = {
@@ -455,6 +457,49 @@ def merge_parts(out: Path, parts: Sequence[Path]) -> int:
         mine.setdefault("parts", []).extend(r for r in records if r.get("id") is None or r["id"] not in known)
         _write_provenance(out, mine)
     return added
+
+
+def fit_calibration(out: Path, runs: Sequence[BenchRun], path: Path) -> Calibration:
+    """A calibration fitted on the local tier's values in ``out``'s rows with gold, written to
+    ``path`` (``extract bench --fit-calibration``): the issue's "fitted by extract bench".
+
+    A calibration belongs to one schema, model and prompt version, so this needs one run with
+    a schema, and refuses values from several models or prompts. Right and wrong are judged
+    as the report judges them (``judged_values``).
+    """
+    if len(runs) != 1 or runs[0].spec is None or runs[0].schema is None:
+        raise ConfigError("--fit-calibration needs one run with --schema: a calibration belongs to one schema")
+    run = runs[0]
+    spec = compile_spec(run.spec)
+    rows = [r for r in load_rows(out / "attempts.jsonl")
+            if r.get("schema") == run.schema and Path(str(r.get("data"))).name == run.data.name]
+    scores: list[float] = []
+    labels: list[bool] = []
+    contested: list[bool] = []
+    paths: list[str] = []
+    owners: set[tuple[str, str]] = set()
+    for outcomes in group_items(rows).values():
+        for winner, f, right in judged_values(outcomes):
+            if winner.get("tier") != "local" or f.get("raw_confidence") is None:
+                continue
+            model = winner.get("model") or {}
+            owners.add((str(model.get("digest") or model.get("name")), str(winner.get("prompt_version"))))
+            scores.append(float(f["raw_confidence"]))
+            labels.append(right)
+            contested.append(bool(f.get("contested")))
+            paths.append(str(f.get("path", "")))
+    if not scores:
+        raise ConfigError(f"no local-tier values with gold and a confidence in {out}: nothing to fit a calibration on")
+    if len(owners) != 1:
+        raise ConfigError(f"the values in {out} come from several models or prompt versions {sorted(owners)}: "
+                          "a calibration belongs to one; use a fresh --out")
+    model_digest, prompt_version = owners.pop()
+    cal = Calibration.fit(scores, labels, contested=contested, paths=paths, spec_digest=spec.digest,
+                          model_digest=model_digest, prompt_version=prompt_version,
+                          fitted_on={"data": run.data.name, "schema": run.schema, "values": len(scores),
+                                     "right": sum(labels)})
+    cal.save(path)
+    return cal
 
 
 def render_current(out: Path, *, command: str | None = None) -> dict[str, Any]:

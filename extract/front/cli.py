@@ -300,9 +300,13 @@ def bench(
     base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint for the remote tiers.")] = None,
     serve: Annotated[bool, typer.Option("--serve", help="Start the embedded llama.cpp server for the run.")] = False,
     max_tokens: Annotated[int | None, typer.Option(help="Output token cap per call.")] = None,
+    fit_calibration: Annotated[Path | None, typer.Option(
+        "--fit-calibration", help="Also fit a calibration on the local tier's values against gold and write "
+        "it here (for Extractor(calibration=...)); needs one run with --schema.")] = None,
 ) -> None:
     """Benchmark policies on labelled data or a schema corpus; resumable; writes a report."""
     from extract.front.bench import BenchRun, read_suite, run_bench
+    from extract.front.bench import fit_calibration as fit
 
     with _exit_codes():
         if (suite is None) == (data is None):
@@ -324,8 +328,14 @@ def bench(
             assert data is not None
             runs = [BenchRun(data=data, schema=schema, spec=load_spec(schema, None) if schema else None,
                              policies=list(policy or []), where=filters, max_tokens=max_tokens)]
+        if fit_calibration is not None and not fit_calibration.parent.is_dir():
+            raise ConfigError(f"cannot write the calibration to {fit_calibration}: "
+                              f"folder {fit_calibration.parent} does not exist")
         command = _invocation()
         summary = run_bench(runs, out, sample=sample, seed=seed, base_url=base_url, serve=serve, command=command)
+        if fit_calibration is not None:
+            cal = fit(out, runs, fit_calibration)
+            print(f"calibration: {fit_calibration} ({cal.fitted_on['values']} values)", file=sys.stderr)
     typer.echo(json.dumps(summary, ensure_ascii=False, indent=2))
 
 

@@ -820,25 +820,37 @@ class Connection:
 
         return await self._reliably("chat", call)
 
-    async def logprobs_supported(self, model: str) -> bool:
-        """Whether this endpoint returns token log-probabilities, learnt once per endpoint.
+    def logprobs_fields(self, wanted: bool) -> dict[str, Any]:
+        """The request fields asking for token log-probabilities: none when not ``wanted`` or
+        when this endpoint is known not to give them.
 
-        One tiny request (one output token), tried once without retries and outside the
-        breaker: llama-cpp-python's server answers ``logprobs`` with a 500 unless started with
-        ``logits_all``, and that refusal must neither be retried nor count as an outage.
+        ``top_logprobs`` is sent with ``logprobs``: llama-cpp-python's server (0.3) answers
+        ``"logprobs": null`` to ``logprobs: true`` alone and only fills them when
+        ``top_logprobs`` is set (measured); OpenAI accepts it as well. Nothing is probed: the
+        first real call asks, and its answer (``logprobs_answered``) or refusal
+        (``logprobs_refused``) is remembered for the endpoint, like the mode ladder.
         """
+        if not wanted or self.state.logprobs is False:
+            return {}
+        return {"logprobs": True, "top_logprobs": 1}
+
+    def logprobs_answered(self, choice: Any) -> bool:
+        """Whether a chat choice carries token log-probabilities; the first answer to a call
+        that asked for them settles what this endpoint does."""
+        content = getattr(getattr(choice, "logprobs", None), "content", None)
         if self.state.logprobs is None:
-            try:
-                response = await self.client.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": "Say 1"}], max_tokens=1,
-                    temperature=0, logprobs=True, timeout=min(self.endpoint.timeout_s, 30.0),
-                )
-                choice = response.choices[0] if response.choices else None
-                content = getattr(getattr(choice, "logprobs", None), "content", None)
-                self.state.logprobs = bool(content)
-            except Exception:  # any refusal means: do not ask this endpoint for them
-                self.state.logprobs = False
-        return self.state.logprobs
+            self.state.logprobs = bool(content)
+        return bool(content)
+
+    def logprobs_refused(self, exc: ProviderError, asked: bool) -> bool:
+        """Whether ``exc`` is this endpoint refusing ``logprobs`` (a 4xx or 500 that names
+        them: llama-cpp-python built with ``logits_all=False`` raises one, other gateways
+        reject unknown fields). Remembered, so the caller retries once without and the
+        endpoint is never asked again; any other error is not about log-probabilities."""
+        if not asked or exc.status not in (400, 422, 500) or "logprob" not in str(exc).lower():
+            return False
+        self.state.logprobs = False
+        return True
 
     async def served_model(self) -> str:
         """The model to name in requests: configured, or the first one ``/v1/models`` lists."""

@@ -103,9 +103,18 @@ class TransformersModel:
                  null_penalty: float = 0.0, prefix: str | None = None,
                  guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None,
                  save_prefix: bool = True) -> Generation:
-        """Outlines' generator; ``null_penalty``, ``prefix``, ``guard`` and ``on_text`` are llama.cpp
-        fast-decoder levers (logit penalty, prefix KV reuse, span-reuse veto, the text as it is
-        written), not applied here: the answer comes in one piece."""
+        """Greedy decoding under Outlines' llguidance processor; ``null_penalty``, ``prefix``,
+        ``guard`` and ``on_text`` are llama.cpp fast-decoder levers (logit penalty, prefix KV
+        reuse, span-reuse veto, the text as it is written), not applied here: the answer comes
+        in one piece.
+
+        transformers' ``generate`` is called with the processor Outlines would pass, asking for
+        the processed scores: under a constraint, each chosen token's log-probability among the
+        tokens the grammar allowed is recorded (``token_logprobs``, a forced token scores 0),
+        as the llama.cpp decoder records it, so values get a confidence on this backend too.
+        """
+        import torch
+
         start = time.perf_counter()
         n_in = self.count_tokens(prompt)
         if n_in + 1 > self.n_ctx:
@@ -114,16 +123,39 @@ class TransformersModel:
         processor: Any = None
         if grammar is not None:
             processor = outlines_processor(self._backend, grammar)
+        om: Any = self.outlines_model
         with self._lock:
-            text = self.outlines_model.generate(
-                prompt, processor, max_new_tokens=max_tokens, do_sample=False
+            _, inputs = om._prepare_model_inputs(prompt, False)
+            out = om.model.generate(
+                **inputs, logits_processor=om.type_adapter.format_output_type(processor),
+                max_new_tokens=max_tokens, do_sample=False, output_scores=True, return_dict_in_generate=True,
             )
-        assert isinstance(text, str)
-        n_out = self.count_tokens(text)
+        ids = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        special = set(self.tokenizer.all_special_ids)
+        kept = [i for i in ids if i not in special]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        ends: list[int] = []
+        logprobs: list[float | None] = []
+        if processor is not None and len(out.scores) == len(ids):
+            # Where each kept token ends in ``text``: the decoded length of the prefix (outputs
+            # are short; a token that completes a multi-byte character moves the end, one that
+            # starts it does not).
+            pos = 0
+            for tok, scores in zip(ids, out.scores, strict=True):
+                if tok in special:
+                    continue
+                pos += 1
+                ends.append(len(self.tokenizer.decode(kept[:pos], skip_special_tokens=True)))
+                logprobs.append(float(torch.log_softmax(scores[0].float(), dim=-1)[tok]))
+            if not ends or ends[-1] != len(text):
+                ends, logprobs = [], []
+        stopped = bool(ids) and ids[-1] in special
         return Generation(
             text=text,
             input_tokens=n_in,
-            output_tokens=n_out,
-            finish_reason="length" if n_out >= max_tokens else "stop",
+            output_tokens=len(kept),
+            finish_reason="length" if len(ids) >= max_tokens and not stopped else "stop",
             seconds=time.perf_counter() - start,
+            token_ends=ends,
+            token_logprobs=logprobs,
         )

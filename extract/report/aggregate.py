@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -62,6 +62,7 @@ __all__ = [
     "confidence_figures",
     "failure_cause",
     "field_counts",
+    "judged_values",
     "leaves",
     "normalise",
     "percentile",
@@ -97,24 +98,32 @@ def _gold_for(path: str, gold: Any) -> Any:
     return None
 
 
-def confidence_figures(outcomes: Iterable[ItemOutcome]) -> dict[str, dict[str, Any]]:
-    """Per winning tier: how well the values' confidences tell right from wrong against gold
-    (AUROC, ECE, precision over the surest 90/70/50%, reliability bins). Only items with gold
-    and values with a confidence count; empty when there are none."""
-    by_tier: dict[str, tuple[list[float], list[bool]]] = {}
+def judged_values(outcomes: Iterable[ItemOutcome]) -> Iterator[tuple[dict[str, Any], dict[str, Any], bool]]:
+    """Every value of a winning attempt on an item with gold: (winning row, field, right).
+    One rule for what "right" means, shared by the report's figures and ``extract bench
+    --fit-calibration``."""
     for o in outcomes:
         gold = o.last.get("gold")
         winner = o.winner()
         if gold is None or winner is None:
             continue
         for f in winner.get("fields") or []:
-            conf = f.get("confidence")
-            if conf is None:
-                continue
             want = _gold_for(str(f.get("path", "")), gold)
-            scores, labels = by_tier.setdefault(str(winner.get("tier")), ([], []))
-            scores.append(float(conf))
-            labels.append(want is not None and matches(f.get("value"), want))
+            yield winner, f, want is not None and matches(f.get("value"), want)
+
+
+def confidence_figures(outcomes: Iterable[ItemOutcome]) -> dict[str, dict[str, Any]]:
+    """Per winning tier: how well the values' confidences tell right from wrong against gold
+    (AUROC, ECE, precision over the surest 90/70/50%, reliability bins). Only items with gold
+    and values with a confidence count; empty when there are none."""
+    by_tier: dict[str, tuple[list[float], list[bool]]] = {}
+    for winner, f, right in judged_values(outcomes):
+        conf = f.get("confidence")
+        if conf is None:
+            continue
+        scores, labels = by_tier.setdefault(str(winner.get("tier")), ([], []))
+        scores.append(float(conf))
+        labels.append(right)
     return {
         tier: {"values": len(s), "precision": sum(y) / len(y), "auroc": auroc(s, y),
                "ece": expected_calibration_error(s, y),

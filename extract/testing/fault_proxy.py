@@ -67,9 +67,10 @@ FAULT_KINDS: dict[str, str] = {
 
 # Request shapes the proxy can refuse with a 400, as a server without that feature would.
 # ``grammar`` is llama.cpp's GBNF field, ``structured_outputs`` vLLM's grammar/regex field.
-REJECTABLE = ("json_schema", "json_object_schema", "json_object", "tools", "grammar", "structured_outputs")
+REJECTABLE = ("json_schema", "json_object_schema", "json_object", "tools", "grammar", "structured_outputs",
+              "logprobs")
 # Request fields the proxy can drop before forwarding, as a server that ignores them would.
-STRIPPABLE = ("grammar", "structured_outputs", "response_format")
+STRIPPABLE = ("grammar", "structured_outputs", "response_format", "logprobs", "top_logprobs")
 
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -215,6 +216,8 @@ class _Proxy:
         for name in ("grammar", "structured_outputs"):
             if body.get(name) is not None:
                 shapes.add(name)
+        if body.get("logprobs"):
+            shapes.add("logprobs")
         hit = sorted(shapes & set(self.config.reject))
         return hit[0] if hit else None
 
@@ -278,7 +281,7 @@ class _Proxy:
         shape = self.rejection(request)
         if shape is not None:
             self.stats.rejected += 1
-            what = f"request field {shape!r}" if shape in ("grammar", "structured_outputs") else \
+            what = f"request field {shape!r}" if shape in ("grammar", "structured_outputs", "logprobs") else \
                 f"response format {shape!r}"
             await self.error(writer, 400, f"{what} is not supported by this endpoint", "invalid_request_error")
             return

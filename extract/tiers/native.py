@@ -122,10 +122,10 @@ class NativeTier(EndpointTier):
         meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget}
         started = time.perf_counter()
         model_name: str | None = endpoint.model
+        asked: dict[str, Any] = {}
         async with Connection(endpoint, task.deadline) as conn:
             try:
                 model_name = await conn.served_model()
-                logprobs = self.settings.remote_logprobs and await conn.logprobs_supported(model_name)
                 call_started = time.perf_counter()
                 response = None
                 if schema is not None and "grammar_field" in spec.features:
@@ -141,6 +141,7 @@ class NativeTier(EndpointTier):
                     fmt = (response_format_for(mode, sent, schema_name(spec)) if sent is not None
                            else response_format_for("json_object", {}, schema_name(spec))) if schema else None
                     call_started = time.perf_counter()
+                    asked = conn.logprobs_fields(self.settings.remote_logprobs)
                     # Streamed only when someone reads the answer as it is written.
                     send = conn.chat if task.on_text is None else partial(conn.chat_streamed, task.on_text)
                     if task.on_text is not None:
@@ -152,9 +153,12 @@ class NativeTier(EndpointTier):
                             max_tokens=budget,
                             temperature=0,
                             **({"response_format": fmt} if fmt is not None else {}),
-                            **({"logprobs": True} if logprobs else {}),
+                            **asked,
                         )
                     except ProviderError as exc:
+                        if conn.logprobs_refused(exc, bool(asked)):
+                            meta["logprobs_refused"] = str(exc)
+                            continue  # the same mode again, without log-probabilities
                         # A refusal of a mode this endpoint has already answered in is a
                         # fault of the moment (a flaky gateway's 400), not a missing ability.
                         confirmed = conn.state.ladder.confirmed == mode
@@ -171,6 +175,7 @@ class NativeTier(EndpointTier):
         raw = choice.message.content
         finish = choice.finish_reason
         checked = self.checked(raw, task, finish)
+        logprobs = conn.logprobs_answered(choice) if asked else False
         confidence = response_confidences(choice, raw, spec.is_json) if logprobs and not checked.repaired else {}
         answered = self._answered(task, response, model_name, checked, latency, {
             **meta,

@@ -545,7 +545,7 @@ def value_confidences(raw: str, token_ends: Sequence[int],
                 break
             if lp is not None:
                 total += lp
-        out[path] = round(math.exp(total), 6)
+        out[path] = _probability(total)
     return out
 
 
@@ -557,4 +557,11 @@ def token_confidences(raw: str, token_ends: Sequence[int], token_logprobs: Seque
         return {}
     if is_json:
         return value_confidences(raw, token_ends, token_logprobs)
-    return {"": round(math.exp(sum(lp for lp in token_logprobs if lp is not None)), 6)}
+    return {"": _probability(sum(lp for lp in token_logprobs if lp is not None))}
+
+
+def _probability(logprob: float) -> float:
+    """``exp(logprob)`` to six significant digits: short to store, and never rounded to 0, which
+    would tie every unlikely value (a server's unconstrained log-probabilities of grammar-forced
+    tokens make values of 1e-9 common) and blind the ranking among them."""
+    return float(f"{math.exp(logprob):.6g}")
