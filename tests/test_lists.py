@@ -112,6 +112,13 @@ def test_a_text_longer_than_the_context_yields_every_item_once_in_order() -> Non
     assert len(ada) == 2 and ada[0] != ada[1]
     line = "Ada Lovelace was born in 1815 in London, England."
     assert [text[s:e] for s, e in ada] == [line, line]  # a line read whole as one item spans the line
+    # Result.fields: every item's values at /<item>/..., read back at their own places.
+    names = [f for f in result.fields if f.path.endswith("/name")]
+    assert [f.path for f in names] == [f"/{i}/name" for i in range(len(PEOPLE))]
+    for f in result.fields:
+        assert f.status == "exact" and [text[a:b] for a, b in f.spans] == [f.value]
+        assert f.confidence is not None and 0 < f.confidence <= 1
+    assert len({f.spans[0] for f in names if f.value == "Ada Lovelace"}) == 2
     assert not [e for e in result.items if e["status"] == "failed"]
     # The heading is read and named, not returned.
     assert any(e["status"] == "rejected" and e["start"] == 0 for e in result.items)

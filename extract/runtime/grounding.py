@@ -29,7 +29,7 @@ from extract.validate import check
 from extract.validate.calibration import Calibration
 from extract.validate.grounding import ground_value
 
-__all__ = ["ground", "ground_merged", "judge", "load_calibration"]
+__all__ = ["ground", "ground_items", "ground_merged", "judge", "load_calibration"]
 
 
 def ground(attempt: Attempt, text: str) -> list[FieldGrounding]:
@@ -66,6 +66,30 @@ def ground_merged(result: Result, text: str) -> Result:
     for f in fields:
         conf = known.get((_shape(f.path), json.dumps(f.value, sort_keys=True)))
         f.confidence = f.raw_confidence = conf
+    result.fields = fields
+    return result
+
+
+def ground_items(result: Result, text: str) -> Result:
+    """A list Result's ``fields``: each item's leaves aligned inside the span it was read from
+    (``Result.items``), at paths ``/<item>/...`` with offsets into ``text``. A value keeps the
+    highest confidence a window's answer gave the same value at the same place in an item."""
+    known: dict[tuple[str, str], float] = {}
+    for chunk in result.chunks:
+        for f in chunk.result.fields:
+            if f.raw_confidence is not None:
+                inner = _INDEX.sub("", f.path, count=1).removeprefix("/items")  # /items/3/name -> /name
+                key = (_shape(inner), json.dumps(f.value, sort_keys=True))
+                known[key] = max(known.get(key, 0.0), f.raw_confidence)
+    spans = [(e["start"], e["end"]) for e in result.items if e["status"] == "ok"]
+    fields = []
+    for i, (value, (start, end)) in enumerate(zip(result.value or [], spans, strict=False)):
+        for f in ground_value(value, text[start:end]):
+            conf = known.get((_shape(f.path), json.dumps(f.value, sort_keys=True)))
+            f.confidence = f.raw_confidence = conf
+            f.spans = [(a + start, b + start) for a, b in f.spans]
+            f.path = f"/{i}{f.path}"
+            fields.append(f)
     result.fields = fields
     return result
 

@@ -57,6 +57,7 @@ from pydantic import BaseModel
 
 from extract.errors import ConfigError
 from extract.runtime.chunking import plan_chunks
+from extract.runtime.grounding import ground_items
 from extract.settings import Settings
 from extract.spec import Spec, compile_spec
 from extract.spec.prompt import Example
@@ -657,7 +658,8 @@ class ItemRun:
         return sorted(out, key=lambda f: f.start)
 
     def result(self) -> Result:
-        """The Result: ``value`` the items in document order, ``items`` every span's fate."""
+        """The Result: ``value`` the items in document order, ``items`` every span's fate,
+        ``fields`` every item's values with their places in the text."""
         kept = sorted(self.kept, key=lambda f: f.start)
         dropped = self._named(kept)
         attempts = [a for c in self.calls for a in c.result.attempts]
@@ -665,13 +667,14 @@ class ItemRun:
         any_ok = any(c.result.ok for c in self.calls)
         entries = sorted([f.entry() for f in kept] + [f.entry() for f in dropped],
                          key=lambda e: (e["start"], e["status"] != "ok"))
-        return Result(
+        # Each item's values aligned inside its span: ``fields`` at /<item>/..., offsets into the text.
+        return ground_items(Result(
             value=[f.value for f in kept],
             tier="+".join(tiers) if any_ok or not self.calls else None,
             attempts=attempts,
             chunks=self.calls,
             items=entries,
-        )
+        ), self.text)
 
 
 def failed_spans(result: Result) -> list[dict[str, Any]]:
