@@ -144,3 +144,13 @@ def test_integral_counts_and_dynamic_refs_do_not_refuse_the_schema() -> None:
                "$defs": {"foo": {"$dynamicAnchor": "items", "type": "string"}}}
     tier.check_support(compile_spec(dynamic))
     assert ("ref", "/items") in checked_after(compile_spec(dynamic))
+
+
+def test_span_copy_leaves_nodes_of_any_type_alone() -> None:
+    """Copying the input's spans into every bounded stand-in for ``{}`` made real-world schemas
+    too large for llguidance; the typed string beside them is still copied."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "extra": {}, "more": {"items": {}}}}
+    constraint = json.loads(local_constraint(compile_spec(schema), "Jane Doe lives here", copy_from_input="auto"))
+    assert "$ref" in json.dumps(constraint["properties"]["name"])
+    assert "$ref" not in json.dumps(constraint["properties"]["extra"])
+    assert "$ref" not in json.dumps(constraint["properties"]["more"])
