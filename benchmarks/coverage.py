@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:
 
 from extract.report import load_rows, summarise  # noqa: E402
 from extract.report.reference import TEST_SUITE_COVERAGE, TEST_SUITE_ENGINES, best_published  # noqa: E402
+from extract.report.render import CORPUS_SCHEMA  # noqa: E402
 
 
 def _rate(run: dict[str, Any], key: str) -> str:
@@ -34,9 +35,10 @@ def _rate(run: dict[str, Any], key: str) -> str:
 
 def _table(rows: list[dict[str, Any]], label: str) -> None:
     for run in summarise(rows)["runs"]:
-        if run.get("compile_coverage") is None:
-            continue  # an extraction run: no coverage
-        print(f"| {label} | {run['policy']} | {run['n']} | {run['compile_coverage']:.2f} | "
+        if run["schema"] != CORPUS_SCHEMA:
+            continue  # an extraction run (one schema for every row): not a coverage figure
+        corpus = str(run["data"]).split("/")[0]
+        print(f"| {label} {corpus} | {run['policy']} | {run['n']} | {run['compile_coverage']:.2f} | "
               f"{_rate(run, 'empirical_coverage_generated')} | {_rate(run, 'empirical_coverage')} |")
 
 
@@ -53,7 +55,7 @@ def main() -> None:
     published: list[str] = []
     for folder in args.folders:
         rows = load_rows(folder / "attempts.jsonl")
-        data = sorted({str(r.get("data")) for r in rows})
+        data = sorted({str(r.get("data")) for r in rows if r.get("schema") == CORPUS_SCHEMA})
         _table(rows, f"{folder.name} (all)")
         for name in data:
             collection = name.split("/")[0]
