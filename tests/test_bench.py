@@ -160,6 +160,8 @@ def test_parts_run_apart_are_merged_only_from_the_same_draw(tmp_path: Path) -> N
     assert policies == ["instructor", "native"] and len(_rows(a)) == 4
     parts = json.loads((a / "provenance.json").read_text(encoding="utf-8"))["parts"]
     assert [p.get("merged_from") for p in parts] == [None, "b"]
+    commands = (a / "command.txt").read_text(encoding="utf-8").splitlines()
+    assert len(commands) == 2 and "--policy instructor" in commands[1]  # the part's command joins a's
     summary = json.loads((a / "summary.json").read_text(encoding="utf-8"))
     assert {r["policy"] for r in summary["runs"]} == {"instructor", "native"}
 

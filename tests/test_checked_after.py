@@ -13,8 +13,10 @@ from typing import Any
 
 from extract import Extractor
 from extract.front.authoring import check_spec
+from extract.settings import Settings
 from extract.spec.compile import checked_after, compile_spec, local_constraint
 from extract.spec.enforceable import enforceable
+from extract.tiers.local import LocalTier
 from extract.validate.check import parse_output
 
 
@@ -94,3 +96,61 @@ def test_extract_check_says_which_keywords_are_checked_after() -> None:
     local = next(t for t in report.tiers if t.tier == "local")
     assert local.supported
     assert ("unique_items", "/") in [(c.feature, c.where) for c in report.checked_after]
+
+
+def test_a_node_of_any_type_is_bounded_one_level_deep() -> None:
+    """``{}`` admits any JSON value, and the 135M model nested ``{"type":"json","data":{...``
+    to the token limit. Every type stays allowed; values inside become bounded scalars."""
+    constraint = json.loads(local_constraint(compile_spec({"allOf": [{}, {"minimum": 1}]}), "a b"))
+    for branch in constraint["allOf"]:
+        assert set(branch["type"]) == {"object", "array", "string", "number", "boolean", "null"}
+        assert "object" not in branch["items"]["type"] and "array" not in branch["items"]["type"]
+        assert branch["maxItems"] >= 8 and branch["maxLength"] >= 32
+    # A key the schema requires but does not describe: a bounded scalar; listed ones: closed object.
+    req = json.loads(local_constraint(compile_spec({"required": ["a"], "properties": {"b": True}}), "a b"))
+    assert req["additionalProperties"]["type"] == ["string", "number", "boolean", "null"]
+    assert "array" in req["properties"]["b"]["type"] and "array" not in req["properties"]["b"]["items"]["type"]
+    # Typed schemas are untouched (a branch beside object keywords too: it may type them).
+    typed = {"type": "object", "properties": {"a": {"type": "string"}}, "anyOf": [{"required": ["a"]}]}
+    assert "type" not in json.loads(local_constraint(compile_spec(typed), "a b"))["anyOf"][0]
+
+
+def test_a_schema_of_any_type_is_written_short_and_complete(local: Extractor) -> None:
+    schemas: list[dict[str, Any]] = [{}, {"allOf": [{}, {}]}, {"anyOf": [{"type": "number"}, {}]},
+                                     {"properties": {"foo": {}}}]
+    for schema in schemas:
+        res = local.run("Produce an example instance: a JSON value that is valid against the schema.", schema)
+        attempt = res.attempts[0]
+        assert attempt.finish_reason == "stop" and not attempt.repaired, (schema, attempt.raw)
+        assert res.ok and attempt.usage is not None and attempt.usage.output_tokens < 200, (schema, attempt.raw)
+
+
+def test_a_tightening_that_contradicts_the_schema_falls_back_instead_of_refusing() -> None:
+    """Closing ``shared`` forbids the ``b`` that the object using it requires (SchemaStore
+    schemas were refused as unsatisfiable): the constraint keeps that object open."""
+    schema = {"type": "object", "definitions": {"shared": {"properties": {"a": {"type": "string"}}}},
+              "allOf": [{"$ref": "#/definitions/shared"}], "properties": {"b": {"type": "string"}}, "required": ["b"]}
+    tier = LocalTier(Settings.resolve())
+    tier.check_support(compile_spec(schema))
+    constraint = json.loads(local_constraint(compile_spec(schema), "a b"))
+    assert "additionalProperties" not in constraint["definitions"]["shared"]
+    assert constraint["properties"]["b"]["maxLength"] >= 32  # bounds kept
+
+
+def test_integral_counts_and_dynamic_refs_do_not_refuse_the_schema() -> None:
+    tier = LocalTier(Settings.resolve())
+    tier.check_support(compile_spec({"type": "array", "maxItems": 2.0}))
+    dynamic = {"type": "array", "items": {"$dynamicRef": "#items"},
+               "$defs": {"foo": {"$dynamicAnchor": "items", "type": "string"}}}
+    tier.check_support(compile_spec(dynamic))
+    assert ("ref", "/items") in checked_after(compile_spec(dynamic))
+
+
+def test_span_copy_leaves_nodes_of_any_type_alone() -> None:
+    """Copying the input's spans into every bounded stand-in for ``{}`` made real-world schemas
+    too large for llguidance; the typed string beside them is still copied."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "extra": {}, "more": {"items": {}}}}
+    constraint = json.loads(local_constraint(compile_spec(schema), "Jane Doe lives here", copy_from_input="auto"))
+    assert "$ref" in json.dumps(constraint["properties"]["name"])
+    assert "$ref" not in json.dumps(constraint["properties"]["extra"])
+    assert "$ref" not in json.dumps(constraint["properties"]["more"])

@@ -456,6 +456,12 @@ def merge_parts(out: Path, parts: Sequence[Path]) -> int:
         known = {p.get("id") for p in mine.get("parts", [])}
         mine.setdefault("parts", []).extend(r for r in records if r.get("id") is None or r["id"] not in known)
         _write_provenance(out, mine)
+        # The part's commands join the folder's: command.txt still lists every run its rows came from.
+        log, their_log = out / "command.txt", part / "command.txt"
+        seen = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+        theirs = their_log.read_text(encoding="utf-8").splitlines() if their_log.exists() else []
+        lines = [*seen, *(c for c in theirs if c not in seen)]
+        log.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return added
 
 

@@ -8,6 +8,10 @@ per-collection empirical-coverage table (its GlaiveAI … JSONSchemaStore rows) 
 read from the material available here (the paper's text was not retrievable past its
 abstract), so it is left out: ``best_published`` returns None for every collection and the
 report says "not read from a primary source" rather than print a number we cannot cite.
+Searched again for issue 24's coverage target (2026-12-02): ``guidance-ai/jsonschemabench`` @
+ba103c7 and ``epfl-dlab/jsonschemabench`` @ 8003e84 hold no per-collection table (README,
+code, images), and the stored arXiv 2501.10868v2 page stops after its introduction. So the
+"JSONSchemaStore 0.38" that issue 24 quotes "by our reading" has no source here either.
 
 What is here:
 

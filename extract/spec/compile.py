@@ -129,17 +129,54 @@ def length_bucket(n_chars: int) -> int:
 
 
 _STRING_FREE = ("enum", "const", "maxLength")
+# A node with none of these admits a value of any type (``{}``, ``{"minimum": 1}``, ...).
+_TYPING = ("type", "enum", "const", "$ref", "$dynamicRef", "anyOf", "oneOf", "allOf")
+_ANY_TYPES = ["object", "array", "string", "number", "boolean", "null"]
+_SCALAR_TYPES = ["string", "number", "boolean", "null"]
+_CONTAINER_KEYS = ("properties", "patternProperties", "additionalProperties", "required", "items", "prefixItems",
+                   "additionalItems", "minProperties", "maxProperties")
 
 
-def _tighten(node: Any, str_bound: int, list_bound: int, closable: bool = True) -> None:
+def _bound_any(node: dict[str, Any], str_bound: int) -> None:
+    """Give a node that admits any type one level of bounded containers, in place.
+
+    Why: under ``{}`` (or a schema with no ``type``) llguidance admits any JSON value, and the
+    135M model nests ``{"type":"json","data":{...`` or counts ``[1,2,3,...`` until the token
+    limit cuts it (45 of 100 JSON Schema Test Suite cases, local tier). Every type stays
+    allowed; an object's other values and an array's items become bounded scalars, and the
+    object and array get a count bound (below), so any value the constraint admits is short.
+    That only narrows what the schema admits: a value of the constraint still validates.
+    """
+    node["type"] = list(_ANY_TYPES)
+    scalar = {"type": list(_SCALAR_TYPES), "maxLength": str_bound}
+    if node.get("items", True) is True:
+        node["items"] = scalar
+    if node.get("additionalProperties", True) is True and "patternProperties" not in node:
+        props = node.get("properties")
+        if not isinstance(props, dict) or set(node.get("required") or []) - set(props):
+            node["additionalProperties"] = dict(scalar)  # a required key nothing else lists
+        # (listed properties only: closed below as any other object)
+
+
+def _tighten(node: Any, str_bound: int, list_bound: int, closable: bool = True, free: bool = True,
+             close: bool = True) -> None:
     """Bound strings and lists, and close objects, in place. ``closable`` is False for a branch
-    of anyOf/allOf/oneOf: its ``properties`` may list only the keys it constrains."""
+    of anyOf/allOf/oneOf: its ``properties`` may list only the keys it constrains. ``free`` is
+    False where a node admitting any type must stay as it is (``_bound_any``): a definition
+    (a ``$ref`` to it may stand beside keywords a bounded node would contradict; llguidance
+    refuses a count bound beside optional properties) and a branch beside object or array
+    keywords. ``close=False`` closes no object anywhere (the fallback in ``_constraint``)."""
     if isinstance(node, list):
         for v in node:
-            _tighten(v, str_bound, list_bound, closable)
+            _tighten(v, str_bound, list_bound, closable, free, close)
         return
     if not isinstance(node, dict):
         return
+    any_branch = str_bound > 0 and free and not any(k in node for k in _TYPING) and (
+        closable or not any(k in node for k in _CONTAINER_KEYS))  # a branch's keys may be typed beside it
+    if any_branch:
+        _bound_any(node, str_bound)
+    any_branch = any_branch and not closable  # no count bound: a sibling branch may list optional keys
     types = node.get("type")
     type_list = types if isinstance(types, list) else [types]
     if str_bound > 0 and "string" in type_list and not any(k in node for k in _STRING_FREE):
@@ -151,20 +188,32 @@ def _tighten(node: Any, str_bound: int, list_bound: int, closable: bool = True) 
     # required key listed elsewhere (allOf, a $ref, a branch) would become unsatisfiable.
     defined_elsewhere = any(k in node for k in ("allOf", "anyOf", "oneOf", "$ref")) or (
         isinstance(props, dict) and not set(node.get("required") or []) <= set(props))
-    if isinstance(props, dict) and "additionalProperties" not in node and not defined_elsewhere and closable:
+    if isinstance(props, dict) and "additionalProperties" not in node and not defined_elsewhere and closable \
+            and close:
         node["additionalProperties"] = False
     # llguidance counts keys (maxProperties) only when every listed property is required.
     all_required = not isinstance(props, dict) or set(props) <= set(node.get("required") or [])
-    if isinstance(node.get("additionalProperties"), dict) and "maxProperties" not in node and all_required:
+    if isinstance(node.get("additionalProperties"), dict) and "maxProperties" not in node and all_required \
+            and not any_branch and not any(k in node for k in ("allOf", "anyOf", "oneOf", "$ref")):
         node["maxProperties"] = max(list_bound, int(node.get("minProperties", 0)))
     for key, value in node.items():
         if key in ("enum", "const", "default", "examples"):
             continue
         if key == "properties" and isinstance(value, dict):
-            for sub in value.values():
-                _tighten(sub, str_bound, list_bound)
+            for name, sub in value.items():
+                if sub is True:  # any value: bounded as ``{}`` is
+                    value[name] = sub = {}
+                _tighten(sub, str_bound, list_bound, close=close)
+        elif key in ("patternProperties", "dependentSchemas", "$defs", "definitions") and isinstance(value, dict):
+            for sub in value.values():  # a map of schemas, not a schema
+                _tighten(sub, str_bound, list_bound, free=key not in ("$defs", "definitions"), close=close)
+        elif key in ("anyOf", "allOf", "oneOf"):
+            # A branch is bounded as any other node only when the node beside it defines no
+            # keys or items: bounded values there could contradict what the node says of them.
+            _tighten(value, str_bound, list_bound, closable=False,
+                     free=not any(k in node for k in _CONTAINER_KEYS), close=close)
         else:
-            _tighten(value, str_bound, list_bound, closable=key not in ("anyOf", "allOf", "oneOf"))
+            _tighten(value, str_bound, list_bound, close=close)
 
 
 @lru_cache(maxsize=256)
@@ -184,12 +233,35 @@ def checked_after(spec: Spec) -> tuple[tuple[str, str], ...]:
 @lru_cache(maxsize=1024)
 def _constraint(digest_and_schema: tuple[str, str], str_bound: int, list_bound: int) -> str:
     # What llguidance cannot enforce is taken out here and checked after decoding.
-    tightened = json.loads(_enforceable(digest_and_schema)[0])
-    _tighten(tightened, str_bound, list_bound)
-    # llguidance's JSON whitespace is free by default and a small model loops on spaces;
-    # compact separators make every output one line with no optional whitespace.
-    tightened["x-guidance"] = {"whitespace_flexible": False}
-    return json.dumps(tightened, separators=(",", ":"), ensure_ascii=False)
+    relaxed = _enforceable(digest_and_schema)[0]
+    # Tightening can contradict a schema it cannot see whole: an object closed here that an
+    # allOf elsewhere extends, a length bound below what a pattern needs (SchemaStore: 6 of
+    # 150 refused as unsatisfiable). Then the objects stay open, then nothing is tightened:
+    # a constraint that admits some instance beats a refusal. (The last try is returned as is.)
+    for close, bounds in ((True, True), (False, True), (False, False)):
+        tightened = json.loads(relaxed)
+        if bounds:
+            _tighten(tightened, str_bound, list_bound, close=close)
+        # llguidance's JSON whitespace is free by default and a small model loops on spaces;
+        # compact separators make every output one line with no optional whitespace.
+        tightened["x-guidance"] = {"whitespace_flexible": False}
+        text = json.dumps(tightened, separators=(",", ":"), ensure_ascii=False)
+        if not _refused(text):
+            break
+    return text
+
+
+def _refused(constraint: str) -> bool:
+    """Whether llguidance refuses this JSON Schema (unsatisfiable, or a keyword combination it
+    does not take). What it cannot compile at all is left for ``LocalTier.check_support`` to name."""
+    import llguidance
+
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(constraint)
+    except (ValueError, RuntimeError):
+        return False
+    is_error, _ = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    return bool(is_error)
 
 
 def clear_constraint_cache() -> None:

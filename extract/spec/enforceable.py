@@ -37,7 +37,12 @@ UNENFORCED_KEYS: dict[str, str] = {
     "unevaluatedItems": "unevaluated",
     "uniqueItems": "unique_items",
     "propertyNames": "property_names",
+    # Dynamic scope: llguidance resolves no dynamic reference; the node admits any value.
+    "$dynamicRef": "ref",
+    "$dynamicAnchor": "ref",
 }
+_COUNTS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties",
+           "minContains", "maxContains")
 
 # Values, not schemas: nothing under these keys is walked.
 _DATA_KEYS = frozenset({"enum", "const", "default", "examples"})
@@ -87,6 +92,9 @@ def _relax(node: Any, path: str, removed: list[tuple[str, str]]) -> None:
         if key in node:
             del node[key]
             removed.append((feature, path or "/"))
+    for key in _COUNTS:  # 2.0 is the count 2 (JSON Schema says so); llguidance wants an integer
+        if isinstance(node.get(key), float) and node[key].is_integer():
+            node[key] = int(node[key])
     if "oneOf" in node:
         branches = node.pop("oneOf")
         if "anyOf" in node:  # both: keep the anyOf, check the oneOf after
