@@ -89,9 +89,9 @@ class Extractor:
         self.tier_names = self.settings.default_tiers()
         self.tiers: list[Tier] = [make_tier(name, self.settings) for name in self.tier_names]
         self.runtime = Runtime(self.settings, self.tiers)  # budget, PII, cost, logs, spans
-        if examples is None and (examples_k is not None or examples_group != 1):
-            raise ConfigError("examples_k or examples_group is set but no examples pool was given "
-                              "(examples=[(text, answer), ...])")
+        for name, unset in (("examples_k", examples_k is None), ("examples_group", examples_group == 1)):
+            if examples is None and not unset:
+                raise ConfigError(f"{name} is set but no examples pool was given (examples=[(text, answer), ...])")
         self.examples = (ExamplePool(examples, examples_k, select=examples_select, n_ctx=self.settings.n_ctx,
                                      group=examples_group)
                          if examples is not None else None)
