@@ -51,21 +51,32 @@ def _shape(path: str) -> str:
     return _INDEX.sub("/*", path)
 
 
+def _key(path: str, value: Any) -> tuple[str, str]:
+    return _shape(path), json.dumps(value, sort_keys=True)
+
+
+def _chunk_confidences(result: Result, holder: str = "") -> dict[tuple[str, str], float]:
+    """The highest confidence any chunk's answer gave each value at each place in the schema
+    (list indices wildcarded); ``holder``: the path the chunks' answers hold the values under
+    (``/items/*`` for a list window's answer)."""
+    known: dict[tuple[str, str], float] = {}
+    for chunk in result.chunks:
+        for f in chunk.result.fields:
+            if f.raw_confidence is not None:
+                key = _key(_shape(f.path).removeprefix(holder), f.value)
+                known[key] = max(known.get(key, 0.0), f.raw_confidence)
+    return known
+
+
 def ground_merged(result: Result, text: str) -> Result:
     """A chunked Result's value aligned against the whole text; each value keeps the highest
     confidence a chunk gave the same value at the same place in the schema."""
     if not result.ok:
         return result
-    known: dict[tuple[str, str], float] = {}
-    for chunk in result.chunks:
-        for f in chunk.result.fields:
-            if f.raw_confidence is not None:
-                key = (_shape(f.path), json.dumps(f.value, sort_keys=True))
-                known[key] = max(known.get(key, 0.0), f.raw_confidence)
+    known = _chunk_confidences(result)
     fields = ground_value(result.value, text)
     for f in fields:
-        conf = known.get((_shape(f.path), json.dumps(f.value, sort_keys=True)))
-        f.confidence = f.raw_confidence = conf
+        f.confidence = f.raw_confidence = known.get(_key(f.path, f.value))
     result.fields = fields
     return result
 
@@ -74,19 +85,12 @@ def ground_items(result: Result, text: str) -> Result:
     """A list Result's ``fields``: each item's leaves aligned inside the span it was read from
     (``Result.items``), at paths ``/<item>/...`` with offsets into ``text``. A value keeps the
     highest confidence a window's answer gave the same value at the same place in an item."""
-    known: dict[tuple[str, str], float] = {}
-    for chunk in result.chunks:
-        for f in chunk.result.fields:
-            if f.raw_confidence is not None:
-                inner = _INDEX.sub("", f.path, count=1).removeprefix("/items")  # /items/3/name -> /name
-                key = (_shape(inner), json.dumps(f.value, sort_keys=True))
-                known[key] = max(known.get(key, 0.0), f.raw_confidence)
+    known = _chunk_confidences(result, "/items/*")  # /items/3/name -> /name
     spans = [(e["start"], e["end"]) for e in result.items if e["status"] == "ok"]
     fields = []
     for i, (value, (start, end)) in enumerate(zip(result.value or [], spans, strict=False)):
         for f in ground_value(value, text[start:end]):
-            conf = known.get((_shape(f.path), json.dumps(f.value, sort_keys=True)))
-            f.confidence = f.raw_confidence = conf
+            f.confidence = f.raw_confidence = known.get(_key(f.path, f.value))
             f.spans = [(a + start, b + start) for a, b in f.spans]
             f.path = f"/{i}{f.path}"
             fields.append(f)

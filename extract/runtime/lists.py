@@ -326,6 +326,10 @@ class _Reading:
         self.step.append(f)
         return f
 
+    def again(self) -> _Reading:
+        """The same window, judged from its first item (a new answer to it)."""
+        return _Reading(self.run, self.text, self.cursor, self.ws, self.we, self.index, self.pass_)
+
 
 class _Listener:
     """Hears a tier's answer as it is written (``Task.on_text``, on the event loop) and hands
@@ -334,16 +338,14 @@ class _Listener:
     elements are judged afresh."""
 
     def __init__(self, reading: _Reading, early: Callable[[Found], None]) -> None:
-        self.blank = reading
-        self.reading = copy.copy(reading)
+        self.reading = reading
         self.early = early
         self.heard = ""
         self.elements = 0
 
     def hear(self, raw: str) -> None:
         if not raw.startswith(self.heard):
-            self.reading = copy.copy(self.blank)
-            self.reading.claimed, self.reading.step = [], []
+            self.reading = self.reading.again()
             self.elements = 0
         elif "}" not in raw[len(self.heard):]:  # no element can have ended since
             self.heard = raw
