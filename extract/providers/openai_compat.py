@@ -67,6 +67,7 @@ __all__ = [
     "attempt_error",
     "detect_capabilities",
     "endpoint_state",
+    "estimate_tokens",
     "gbnf_refusal",
     "grammar_body_for",
     "is_mode_rejection",
@@ -220,6 +221,13 @@ def response_format_for(mode: Mode, schema: dict[str, Any], name: str) -> dict[s
     if mode == "json_object":
         return {"type": "json_object"}
     return None
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of ``text`` for a remote model whose tokenizer is not at hand: characters / 3,
+    rounded up (English and JSON run ~3.5 characters a token; 3 errs towards more). The one
+    estimate chunking sizes remote prompts by and a stream without token counts is charged by."""
+    return -(-len(text) // 3)
 
 
 def redact_url(url: str) -> str:
@@ -767,7 +775,7 @@ class Connection:
         connection cut mid-answer is tried again from the start, and the listener hears the
         new answer afresh. ``stream_options.include_usage`` asks for the token counts; a server
         that streams none (llama-cpp-python's) gets the output counted as its content chunks
-        (one token each there) and the input as its characters / 3, marked ``usage_estimated``
+        (one token each there) and the input by ``estimate_tokens``, marked ``usage_estimated``
         on the completion's ``model_extra`` for the budget and the report to see.
         """
         from openai.lib.streaming.chat import ChatCompletionStreamState
@@ -804,7 +812,7 @@ class Connection:
             if completion.usage is None:
                 from openai.types import CompletionUsage
 
-                prompt = -(-sum(len(str(m.get("content", ""))) for m in messages) // 3)
+                prompt = estimate_tokens("".join(str(m.get("content", "")) for m in messages))
                 completion.usage = CompletionUsage(prompt_tokens=prompt, completion_tokens=chunks,
                                                    total_tokens=prompt + chunks)
                 completion.usage_estimated = True  # type: ignore[attr-defined]

@@ -55,7 +55,6 @@ _CHUNK: ContextVar[int | None] = ContextVar("extract_chunk", default=None)
 # Tokens kept free beyond the counted text: a chunk's tokens inside the prompt can differ
 # from its tokens alone by a merge at each edge.
 _EDGE_TOKENS = 8
-_REMOTE_CHARS_PER_TOKEN = 3
 _TEMPLATE_TOKENS = 16  # role markers per message, more than any chat template we ship adds
 
 
@@ -133,10 +132,10 @@ def plan_chunks(text: str, spec: Spec, settings: Settings, tiers: Sequence[Tier]
         def prompt_tokens(s: str) -> int:
             return model.count_tokens(model.render(build_messages(spec, s, examples)))
     elif settings.remote_context_tokens is not None:
-        context = settings.remote_context_tokens
+        from extract.providers.openai_compat import estimate_tokens
 
-        def count(s: str) -> int:
-            return -(-len(s) // _REMOTE_CHARS_PER_TOKEN)
+        context = settings.remote_context_tokens
+        count = estimate_tokens
 
         def prompt_tokens(s: str) -> int:
             return sum(count(m["content"]) for m in build_messages(spec, s, examples))
