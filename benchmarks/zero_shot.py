@@ -50,6 +50,11 @@ REPORT_ROWS = 100
 LEVERS: dict[str, dict[str, Any]] = {
     "default": {},
     "nocopy": {"copy_from_input": False},
+    # Scored span selection (extract.spec.span_select), the default since it was measured here
+    # ("auto" picks it for these unmarked schemas), and the greedy decoder it replaced: the
+    # "default" rows in results/zero_shot were recorded before it and equal "greedy".
+    "scored": {"span_select": "scored"},
+    "greedy": {"span_select": "greedy"},
     "copy-allow": {"copy_from_input": True, "span_reuse": "allow"},
     "copy-disjoint": {"copy_from_input": True, "span_reuse": "disjoint"},
     "copy-allow-noshape": {"copy_from_input": True, "span_reuse": "allow", "infer_shapes": False},

@@ -117,6 +117,22 @@ class Settings(BaseSettings):
         "repeated values but lowered field F1: the model then puts the salient span in the first "
         "field and the right one loses it (benchmarks/zero_shot.py).",
     )
+    span_select: Literal["auto", "scored", "greedy"] = Field(
+        default="auto",
+        description="Local tier, span-copied strings: 'scored' asks the model, for each field alone, "
+        "how likely null and each span of the input are as its value, then gives each span to the "
+        "one field that wants it most (extract.spec.span_select; llama.cpp fast decoder); "
+        "'greedy' decodes the object left to right; 'auto' (default) scores a schema with no "
+        "span-copy marks when no worked example is shown, and decodes the rest greedily. "
+        "Measured zero-shot on user-written schemas in benchmarks/zero_shot.py.",
+    )
+    span_select_null_bias: float = Field(
+        default=-4.0,
+        description="Scored span selection: added to null's log-probability before it is weighed "
+        "against a field's spans (negative: a span wins more easily). The model, asked for one "
+        "field at a time, gives null far more weight than a value; tuned on the dev variants of "
+        "benchmarks/zero_shot.py.",
+    )
     infer_shapes: bool = Field(
         default=True,
         description="Local tier, span-copied strings without a pattern: keep only the input's spans "

@@ -7,11 +7,44 @@ module imports nothing from the rest of the package.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Attempt", "AttemptError", "Chunk", "FieldGrounding", "ModelInfo", "Result", "Usage"]
+__all__ = ["Attempt", "AttemptError", "Chunk", "FieldGrounding", "FieldScores", "ModelInfo", "Result", "SpanQuery",
+           "SpanStart", "Usage"]
+
+
+@dataclass(frozen=True)
+class SpanStart:
+    """Where candidate spans of a field start: the text from there, and the lengths
+    (characters) at which a candidate may end (``extract.spec.span_select``)."""
+
+    offset: int
+    segment: str
+    ends: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SpanQuery:
+    """One field for a local model to score: its path, the JSON an answer would begin with
+    before its value (``{"street":{"name":``), whether ``null`` is allowed, and where its
+    candidates start. Passed from the spec layer to the model, so it lives here."""
+
+    path: tuple[str, ...]
+    lead: str
+    nullable: bool
+    starts: tuple[SpanStart, ...]
+
+
+@dataclass
+class FieldScores:
+    """Log-probabilities a model gave one field: ``null`` (None: not allowed), and each scored
+    span ``(start, end) -> score`` (opening quote, the span's tokens, a closing quote)."""
+
+    null: float | None
+    spans: dict[tuple[int, int], float] = field(default_factory=dict)
 
 
 class Usage(BaseModel):

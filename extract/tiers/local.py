@@ -28,6 +28,7 @@ from extract.spec.prompt import PROMPT_VERSION, Example, build_messages, shared_
 from extract.spec.span_copy import CopySetting, auto_copy, copy_paths
 from extract.spec.span_guard import SpanGuard
 from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
+from extract.spec.span_select import Choice, decide, pin_constraint, pointer, queries_for
 from extract.tiers.base import MIN_OUTPUT_TOKENS, Spend, Task, output_token_limit, prompt_fits
 from extract.types import Attempt, Usage
 from extract.validate import check
@@ -155,6 +156,43 @@ class LocalTier:
             return self.settings.all_keys
         return not examples
 
+    def selects_spans(self, spec: Spec, examples: Sequence[Example], model: LocalModel) -> bool:
+        """Whether this attempt chooses copied values by scored span selection (``span_select``).
+
+        'auto' keeps it to schemas with no span-copy marks, zero-shot: there it beat greedy
+        decoding on every dataset of benchmarks/zero_shot.py, while a schema written with marks
+        and patterns (schemas/address.py) was tuned for the greedy decoder, and with worked
+        examples the model imitates them better than it answers one field at a time.
+        """
+        mode = self.settings.span_select
+        if mode == "greedy" or not spec.is_json or spec.schema is None or "grammar_field" in spec.features:
+            return False
+        if not hasattr(model, "score_spans") or self.settings.decoder != "fast":
+            return False
+        copy = self.copy_setting(spec)
+        if wants_order(spec.schema, self.settings.copy_in_order, copy):
+            return False
+        if mode == "auto":
+            return copy == "auto" and not examples
+        return bool(copy_paths(spec.schema, copy))
+
+    def _select(self, model: Any, spec: Spec, text: str, prompt: str, prefix: str, all_keys: bool,
+                save: bool) -> tuple[Constraint, dict[tuple[str, ...], Choice], int] | None:
+        """Score the copied fields' spans, decide them jointly and pin them in the constraint;
+        None when no field qualifies (the attempt then decodes as usual). Runs on the model's
+        thread."""
+        constraint = json.loads(local_constraint(
+            spec, text, copy_from_input=self.copy_setting(spec), bounds=self.settings.bound_strings,
+            shapes=self.settings.infer_shapes))
+        queries = queries_for(constraint, text)
+        if not queries:
+            return None
+        bias = self.settings.span_select_null_bias
+        scores, evaluated = model.score_spans(prompt, queries, prefix, null_bias=bias, save_prefix=save)
+        choices = decide(queries, scores, text, bias)
+        pinned = json.dumps(pin_constraint(constraint, choices), separators=(",", ":"), ensure_ascii=False)
+        return Constraint("json_schema", _require_all(pinned) if all_keys else pinned), choices, evaluated
+
     def check_support(self, spec: Spec) -> None:
         ensure_supported(spec.features, self.name)
         grammar = self.grammar_for(spec, "")
@@ -214,7 +252,15 @@ class LocalTier:
         prefix = shared_prefix(model.render, spec, task.examples)
         if not prompt.startswith(prefix):
             prefix = ""  # an example order this prompt does not follow: no shared prefix to reuse
-        guard = self.guard_for(spec, text)
+        save = not any(ex.scope == "group" for ex in task.examples)
+        selected = None
+        if self.selects_spans(spec, task.examples, model):
+            selected = await loop.run_in_executor(
+                model.executor, self._select, model, spec, text, prompt, prefix, all_keys, save)
+        scored_tokens = 0
+        if selected is not None:
+            grammar, choices, scored_tokens = selected
+        guard = self.guard_for(spec, text) if selected is None else None
         engine = batch_engine(model, self.settings)
         if engine is not None:  # decoded in one batch with the other extractions in flight
             gen = await engine.generate(prompt, grammar, budget, penalty, prefix, guard)
@@ -225,14 +271,15 @@ class LocalTier:
             if hear is not None:
                 def on_text(text: str) -> None:
                     loop.call_soon_threadsafe(hear, text)
-            # A prefix holding a batch group's examples serves a few documents: memory, not disk.
-            save = not any(ex.scope == "group" for ex in task.examples)
             gen = await loop.run_in_executor(
                 model.executor, model.generate, prompt, grammar, budget, penalty, prefix, guard, on_text, save)
         truncated = gen.finish_reason == "length"
         checked = check(gen.text, spec, truncated=truncated)
         error = checked.error
         confidence = token_confidences(gen.text, gen.token_ends, gen.token_logprobs, spec.is_json)
+        if selected is not None and confidence is not None:
+            # A pinned value's tokens were forced; its probability is the selection's.
+            confidence.update({pointer(path): choice.confidence for path, choice in choices.items()})
         return [
             Attempt(
                 tier=self.name,
@@ -241,7 +288,7 @@ class LocalTier:
                 raw=gen.text,
                 value=checked.value if error is None else None,
                 error=error,
-                usage=Usage.of(gen.input_tokens, gen.output_tokens),
+                usage=Usage.of(gen.input_tokens + scored_tokens, gen.output_tokens),
                 latency_s=time.perf_counter() - started,
                 repaired=checked.repaired,
                 repairs=checked.repairs,
@@ -257,6 +304,9 @@ class LocalTier:
                     **({"checked_after": sorted({f for f, _ in relaxed})} if relaxed else {}),
                     **({"all_keys": True, "null_penalty": penalty} if all_keys else {}),
                     **({"span_reuse": self.settings.span_reuse} if guard is not None else {}),
+                    # Scored span selection: fields decided, tokens evaluated to score them.
+                    **({"span_select": {"fields": len(choices), "scored_tokens": scored_tokens}}
+                       if selected is not None else {}),
                     "input_chars": len(text),
                     **({"confidence": confidence} if confidence and error is None and not checked.repaired else {}),
                     **({"original_chars": len(task.text)} if cut else {}),

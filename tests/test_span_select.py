@@ -1,0 +1,145 @@
+"""Scored span selection (extract.spec.span_select): which fields it asks about, the joint
+decision, the pinned constraint, and the whole path through the local tier on the real model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from extract import Extractor
+from extract.errors import ConfigError
+from extract.providers.decoding import Constraint
+from extract.settings import Settings
+from extract.spec import compile_spec, local_constraint
+from extract.spec.span_select import decide, pin_constraint, pointer, queries_for
+from extract.types import FieldScores
+from extract.validate import check
+
+
+def nullable(description: str | None = None) -> dict[str, Any]:
+    node: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    if description:
+        node["description"] = description
+    return node
+
+
+USER = {"type": "object", "properties": {
+    "house_number": nullable("The number of the building."),
+    "street": {"type": "object", "properties": {"name": nullable(), "kind": nullable()}},
+    "city": nullable(),
+    "word_count": nullable("The number of words in the text."),
+    "tags": {"type": "array", "items": {"type": "string"}},
+    "floor": {"type": "integer"},
+}}
+TEXT = "2260 Peachtree Rd, Atlanta GA 30309"
+
+
+def constraint_for(schema: dict[str, Any], text: str) -> dict[str, Any]:
+    spec = compile_spec(schema)
+    return json.loads(local_constraint(spec, text, copy_from_input="auto", bounds=True, shapes=True))  # type: ignore[no-any-return]
+
+
+def test_queries_cover_copied_strings_through_objects_only() -> None:
+    queries = queries_for(constraint_for(USER, TEXT), TEXT)
+    paths = [q.path for q in queries]
+    # Nested object leaves are asked about; a computed field (left free), a list's items and
+    # a number are not.
+    assert paths == [("house_number",), ("street", "name"), ("street", "kind"), ("city",)]
+    lead = {q.path: q.lead for q in queries}
+    assert lead[("street", "name")] == '{"street":{"name":'
+    assert all(q.nullable for q in queries)
+    for query in queries:
+        for start in query.starts:
+            assert TEXT[start.offset:].startswith(start.segment)
+            assert start.ends and max(start.ends) == len(start.segment)
+            # Every candidate end is a span the constraint admits for this field.
+            for end in start.ends:
+                assert TEXT[start.offset:start.offset + end].strip()
+    # "Rd," may end without its comma.
+    street = next(q for q in queries if q.path == ("street", "name"))
+    ends = {TEXT[s.offset:s.offset + e] for s in street.starts for e in s.ends}
+    assert "Peachtree Rd" in ends and "Peachtree Rd," in ends
+
+
+def test_a_span_goes_to_the_field_that_wants_it_most_and_null_wins_below_the_bias() -> None:
+    text = "Atlanta GA"
+    queries = queries_for(constraint_for({"type": "object", "properties": {
+        "city": nullable(), "state": nullable(), "street": nullable()}}, text), text)
+    atlanta, ga = (0, 7), (8, 10)
+    scores = [
+        FieldScores(-20.0, {atlanta: -3.0, ga: -9.0}),   # city: Atlanta, by far
+        FieldScores(-20.0, {atlanta: -2.0, ga: -4.0}),   # state: likes Atlanta more, yet less surely
+        FieldScores(-4.0, {atlanta: -6.0, ga: -7.0}),    # street: null beats every span
+    ]
+    choices = decide(queries, scores, text, null_bias=0.0)
+    assert choices[("city",)].value == "Atlanta"
+    assert choices[("state",)].value == "GA"  # Atlanta is taken: its next best
+    assert choices[("street",)].value is None
+    for choice in choices.values():
+        assert 0.0 <= choice.confidence <= 1.0
+    # A lower null bias lets the street take what is left; nothing is given twice.
+    looser = decide(queries, scores, text, null_bias=-10.0)
+    taken = [c.span for c in looser.values() if c.span is not None]
+    assert len(taken) == len(set(taken))
+
+
+def test_the_pinned_constraint_writes_the_chosen_values_and_compiles() -> None:
+    text = TEXT
+    constraint = constraint_for(USER, text)
+    queries = queries_for(constraint, text)
+    scores = [FieldScores(-1.0, {}) for _ in queries]
+    scores[0] = FieldScores(-30.0, {(0, 4): -1.0})
+    at = text.index("Atlanta")
+    scores[3] = FieldScores(-30.0, {(at, at + len("Atlanta")): -1.0})
+    choices = decide(queries, scores, text, null_bias=0.0)
+    assert choices[("house_number",)].value == "2260" and choices[("city",)].value == "Atlanta"
+    assert choices[("street", "name")].value is None
+    pinned = pin_constraint(constraint, choices)
+    assert pinned["properties"]["house_number"]["const"] == "2260"
+    assert pinned["properties"]["street"]["properties"]["name"] == {"type": "null"}
+    assert "street" in pinned["required"] and "name" in pinned["properties"]["street"]["required"]
+    text_schema = json.dumps(pinned)
+    assert Constraint("json_schema", text_schema).problems() == []
+    assert constraint["properties"]["house_number"] != pinned["properties"]["house_number"]  # a copy
+    assert pointer(("street", "name")) == "/street/name" and pointer(("a/b",)) == "/a~1b"
+
+
+def test_scored_selection_through_the_local_tier() -> None:
+    extractor = Extractor(tiers=["local"], cache=False, span_select="scored")
+    text = "Ship to 2260 Peachtree Rd, Atlanta GA 30309 before Friday."
+    result = extractor.run(text, USER)
+    assert result.ok, result.attempts[-1].error
+    attempt = result.attempts[-1]
+    meta = attempt.meta["span_select"]
+    assert meta["fields"] == 4 and meta["scored_tokens"] > 0
+    assert attempt.usage.input_tokens > meta["scored_tokens"]  # scoring is counted as input
+    value = result.value
+    copied = [value["house_number"], value["street"]["name"], value["street"]["kind"], value["city"]]
+    spans = []
+    for v in copied:
+        assert v is None or v in text
+        if v is not None:
+            spans.append(text.index(v))
+    assert check(attempt.raw, compile_spec(USER)).error is None
+    confidence = attempt.meta["confidence"]
+    for path in ("/house_number", "/street/name", "/street/kind", "/city"):
+        assert 0.0 <= confidence[path] <= 1.0
+    # The same input decides the same way.
+    again = extractor.run(text, USER)
+    assert again.value == value
+
+
+def test_auto_scores_unmarked_schemas_zero_shot_only() -> None:
+    text = "Rex is a dog, 3 years old, from Lyon."
+    pet = {"type": "object", "properties": {"name": nullable(), "city": nullable()}}
+    auto = Extractor(tiers=["local"], cache=False).run(text, pet)
+    assert "span_select" in auto.attempts[-1].meta
+    greedy = Extractor(tiers=["local"], cache=False, span_select="greedy").run(text, pet)
+    assert "span_select" not in greedy.attempts[-1].meta
+    # A schema written with span-copy marks keeps the greedy decoder it was tuned with.
+    marked = {**pet, "copy_from_input": True}
+    assert "span_select" not in Extractor(tiers=["local"], cache=False).run(text, marked).attempts[-1].meta
+    with pytest.raises((ConfigError, ValueError)):
+        Settings(span_select="beam")  # type: ignore[arg-type]
