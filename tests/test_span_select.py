@@ -138,6 +138,11 @@ def test_auto_scores_unmarked_schemas_zero_shot_only() -> None:
     assert "span_select" in auto.attempts[-1].meta
     greedy = Extractor(tiers=["local"], cache=False, span_select="greedy").run(text, pet)
     assert "span_select" not in greedy.attempts[-1].meta
+    # With worked examples the model imitates them: decoded greedily.
+    pool = [("Tom is a cat from Paris.", {"name": "Tom", "city": "Paris"}),
+            ("Bo, a parrot, lives in Oslo.", {"name": "Bo", "city": "Oslo"})]
+    shown = Extractor(tiers=["local"], cache=False, examples=pool, examples_k=1).run(text, pet)
+    assert shown.ok and "span_select" not in shown.attempts[-1].meta
     # A schema written with span-copy marks keeps the greedy decoder it was tuned with.
     marked = {**pet, "copy_from_input": True}
     assert "span_select" not in Extractor(tiers=["local"], cache=False).run(text, marked).attempts[-1].meta
