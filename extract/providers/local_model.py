@@ -413,6 +413,7 @@ class LlamaCppModel:
             plans = []
             for start in query.starts:
                 toks = llm.tokenize(start.segment.encode("utf-8"), add_bos=False, special=False)
+                toks = toks[: max(0, self.n_ctx - base - 1)]  # what fits the context is scored
                 if toks:
                     plans.append((opened + float(first[toks[0]]), start, toks))
             plans.sort(key=lambda p: -p[0])

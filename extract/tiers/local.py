@@ -36,6 +36,9 @@ from extract.validate.grounding import token_confidences
 
 __all__ = ["LocalTier"]
 
+# Context needed past the prompt to score a field's spans (its key and one span's tokens).
+_SCORE_ROOM = 96
+
 
 def _require_all(constraint: str) -> str:
     """The JSON Schema text with every top-level property required (nullable ones may be null)."""
@@ -185,8 +188,8 @@ class LocalTier:
             spec, text, copy_from_input=self.copy_setting(spec), bounds=self.settings.bound_strings,
             shapes=self.settings.infer_shapes))
         queries = queries_for(constraint, text)
-        if not queries:
-            return None
+        if not queries or model.count_tokens(prompt) + _SCORE_ROOM > model.n_ctx:
+            return None  # nothing to score, or no room past the prompt to score spans in
         bias = self.settings.span_select_null_bias
         scores, evaluated = model.score_spans(prompt, queries, prefix, null_bias=bias, save_prefix=save)
         choices = decide(queries, scores, text, bias)
