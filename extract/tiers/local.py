@@ -40,7 +40,7 @@ __all__ = ["LocalTier"]
 # are raised by this much wherever the grammar allows the object or list to end: a small model
 # otherwise writes every optional key and fills each list to its bound, and the token limit
 # cuts the JSON (SchemaStore, benchmarks/results/schemastore-local-*).
-GENERATE_CLOSE_BIAS = 4.0
+GENERATE_CLOSE_BIAS = 8.0
 
 
 def _require_all(constraint: str) -> str:
