@@ -151,6 +151,13 @@ class Settings(BaseSettings):
         "value could start instead, so one null does not begin a run of them (llama.cpp fast "
         "decoder; 0 turns it off).",
     )
+    generate: bool = Field(
+        default=False,
+        description="The text is a request for an example, not a document to extract from "
+        "(a schema corpus's task): JSON specs are prompted for the smallest valid instance, the "
+        "local tier copies no span, writes only the keys it chooses (no all_keys) and bounds "
+        "free strings and lists short (extract.spec.compile.GENERATE_BOUNDS).",
+    )
     bound_strings: bool = Field(
         default=True,
         description="Bound unbounded strings and lists in the local constraint by the input's "

@@ -324,9 +324,9 @@ def done_keys(path: Path) -> set[tuple[str, str, str, str]]:
 
 def current_prompts() -> dict[str, str]:
     """The prompt versions this code writes on its attempts (``Attempt.prompt_version``)."""
-    from extract.spec.prompt import PROMPT_VERSION, REPAIR_PROMPT_VERSION
+    from extract.spec.prompt import GENERATE_PROMPT_VERSION, PROMPT_VERSION, REPAIR_PROMPT_VERSION
 
-    return {"extract": PROMPT_VERSION, "repair": REPAIR_PROMPT_VERSION}
+    return {"extract": PROMPT_VERSION, "repair": REPAIR_PROMPT_VERSION, "generate": GENERATE_PROMPT_VERSION}
 
 
 def _git(*args: str) -> str | None:
@@ -587,6 +587,10 @@ def run_bench(
                 options: dict[str, Any] = {"cache": False, **(settings or {}), "base_url": base_url}
                 if run.max_tokens is not None:
                     options["max_tokens"] = run.max_tokens
+                if run.spec is None and "EXTRACT_GENERATE" not in os.environ:
+                    # A schema corpus: each row asks for an instance of its schema, there is no
+                    # document (EXTRACT_GENERATE=false measures it as an extraction).
+                    options.setdefault("generate", True)
                 extractor, unavailable = _extractor(policy, options)
                 if extractor is not None and policy not in settings_by_policy:
                     settings_by_policy[policy] = {

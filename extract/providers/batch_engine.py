@@ -71,6 +71,7 @@ class _Request:
     null_penalty: float
     prefix: str | None
     guard: TokenGuard | None
+    close_bias: float = 0.0
     future: concurrent.futures.Future[Generation] = field(default_factory=concurrent.futures.Future)
 
 
@@ -125,12 +126,12 @@ class BatchEngine:
 
     async def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                        null_penalty: float = 0.0, prefix: str | None = None,
-                       guard: TokenGuard | None = None) -> Generation:
+                       guard: TokenGuard | None = None, close_bias: float = 0.0) -> Generation:
         """What ``LlamaCppModel.generate`` returns, decoded in a batch with the other callers'.
 
         Cancelling the awaiting task drops the sequence at the next step and frees its slot.
         """
-        request = _Request(prompt, grammar, max_tokens, null_penalty, prefix, guard)
+        request = _Request(prompt, grammar, max_tokens, null_penalty, prefix, guard, close_bias)
         with self._lock:
             if self.closed:
                 raise ProviderError("the batch engine is closed", endpoint="local")
@@ -212,7 +213,7 @@ class BatchEngine:
                     # (it fits there; the batch waits for this one document).
                     _answer(request.future, model.generate(
                         request.prompt, request.grammar, request.max_tokens, request.null_penalty, request.prefix,
-                        request.guard))
+                        request.guard, close_bias=request.close_bias))
                     continue
                 prefix = tuple(tokens[: model._prefix_length(tokens, request.prefix)])
                 free = set(range(self.slots)) - set(self._active)
@@ -399,7 +400,7 @@ class BatchEngine:
                         break
                     logits = yield ff
                     continue
-            tok, chosen_lp = model._pick(logits, matcher, bitmask, request.null_penalty, guard)
+            tok, chosen_lp = model._pick(logits, matcher, bitmask, request.null_penalty, guard, request.close_bias)
             if tok in model._eos:
                 finish = "stop"
                 break

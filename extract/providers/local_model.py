@@ -211,7 +211,7 @@ class LocalModel(Protocol):
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                  null_penalty: float = 0.0, prefix: str | None = None,
                  guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None,
-                 save_prefix: bool = True) -> Generation: ...
+                 save_prefix: bool = True, close_bias: float = 0.0) -> Generation: ...
 
 
 class LlamaCppModel:
@@ -270,7 +270,8 @@ class LlamaCppModel:
         self.llg_tokenizer = _llg_tokenizer(vocab, self._spellings)
         self._eos = {self.llm.token_eos()}
         self._nulls: tuple[list[int], int | None] | None = None
-        self._closers: list[int] | None = None
+        self._string_closers: list[int] | None = None
+        self._close: tuple[list[int], list[int], int | None] | None = None
         for tok, spelling in enumerate(self._spellings):
             # End-of-generation tokens are special ones (spelled behind 0xFF): asking llama.cpp
             # about those alone, not all 49k, saves 0.04 s of a first extraction.
@@ -317,9 +318,11 @@ class LlamaCppModel:
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                  null_penalty: float = 0.0, prefix: str | None = None,
                  guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None,
-                 save_prefix: bool = True) -> Generation:
+                 save_prefix: bool = True, close_bias: float = 0.0) -> Generation:
         """Greedy constrained decoding; ``null_penalty`` (fast decoder only) is subtracted from
-        the logits of ``null`` wherever the grammar also allows a string to start there.
+        the logits of ``null`` wherever the grammar also allows a string to start there;
+        ``close_bias`` (fast decoder only) is added to the logits of ``}`` and ``]`` wherever
+        the grammar allows the object or list to end there (outside a string).
         ``guard`` (fast decoder only) vetoes a sampled token; the next best allowed one is taken.
         ``on_text`` (fast decoder only) hears the text written so far after every step, from
         this thread (``Task.on_text``); the outlines decoder answers in one piece.
@@ -335,7 +338,7 @@ class LlamaCppModel:
             if self._decoder == "outlines":
                 return self._generate_outlines(prompt, grammar, max_tokens)
             return self._generate_fast(prompt, grammar, max_tokens, null_penalty, prefix, guard, on_text,
-                                       save_prefix)
+                                       save_prefix, close_bias)
 
     def score_spans(self, prompt: str, queries: Sequence[SpanQuery], prefix: str | None = None,
                     margin: float = 4.0, null_bias: float | None = None,
@@ -455,11 +458,11 @@ class LlamaCppModel:
         """Tokens that close a JSON string and may go on with punctuation (``"``, ``",``,
         ``"}``, ``","``): a small model often closes a value with a merged token, so the
         probability of ending a span here is their sum."""
-        if self._closers is None:
-            self._closers = [tok for tok, spelling in enumerate(self._spellings)
+        if self._string_closers is None:
+            self._string_closers = [tok for tok, spelling in enumerate(self._spellings)
                              if spelling.startswith(b'"') and not spelling.startswith(b"\xff")
                              and all(c in b'",}] :' for c in spelling)]
-        return self._closers
+        return self._string_closers
 
     def _null_tokens(self) -> tuple[list[int], int | None]:
         """(tokens that spell ``null`` or a prefix of it, the token of a lone ``"``), cached."""
@@ -477,10 +480,31 @@ class LlamaCppModel:
             self._nulls = (ids, quote)
         return self._nulls
 
+    def _closers(self) -> tuple[list[int], list[int], int | None]:
+        """(tokens spelled only of ``}`` and ``]``; the same after a ``"``; the token of a lone
+        ``x``), cached. ``x`` starts no JSON literal: where the grammar allows it the decoder
+        is inside a string, where a raw ``"`` ends the string and ``"]`` the list after it."""
+        if self._close is None:
+            bare, quoted = [], []
+            letter = None
+            for tok, spelling in enumerate(self._spellings):
+                if spelling.startswith(b"\xff"):
+                    continue  # a control token
+                piece = spelling.decode("utf-8", errors="replace").strip()
+                if piece and set(piece) <= {"}", "]"}:
+                    bare.append(tok)
+                elif len(piece) > 1 and piece[0] == '"' and set(piece[1:]) <= {"}", "]"}:
+                    quoted.append(tok)
+                if spelling == b"x":
+                    letter = tok
+            self._close = (bare, quoted, letter)
+        return self._close
+
     def _generate_fast(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                        null_penalty: float = 0.0, prefix: str | None = None,
                        guard: TokenGuard | None = None,
-                       on_text: Callable[[str], None] | None = None, save_prefix: bool = True) -> Generation:
+                       on_text: Callable[[str], None] | None = None, save_prefix: bool = True,
+                       close_bias: float = 0.0) -> Generation:
         import llama_cpp
         import llguidance
         import llguidance.numpy as llg_np
@@ -550,7 +574,7 @@ class LlamaCppModel:
             logits = np.ctypeslib.as_array(
                 llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)
             )
-            tok, chosen_lp = self._pick(logits, matcher, bitmask, null_penalty, guard)
+            tok, chosen_lp = self._pick(logits, matcher, bitmask, null_penalty, guard, close_bias)
             if tok in self._eos:
                 finish = "stop"
                 break
@@ -580,10 +604,11 @@ class LlamaCppModel:
         )
 
     def _pick(self, logits: Any, matcher: Any, bitmask: Any, null_penalty: float,
-              guard: TokenGuard | None = None) -> tuple[int, float | None]:
-        """One chosen step: mask ``logits`` (in place) to the grammar, discount ``null``, take the
-        argmax (the best one ``guard`` allows); returns (token, its log-probability, None when
-        the grammar allowed only it). The caller feeds the chosen token to the guard.
+              guard: TokenGuard | None = None, close_bias: float = 0.0) -> tuple[int, float | None]:
+        """One chosen step: mask ``logits`` (in place) to the grammar, discount ``null``, favour a
+        closing ``}``/``]`` by ``close_bias``, take the argmax (the best one ``guard`` allows);
+        returns (token, its log-probability, None when the grammar allowed only it). The caller
+        feeds the chosen token to the guard.
 
         Shared by ``_generate_fast`` and the batched engine (``batch_engine``), so both paths
         apply the same penalty and record the same per-token probabilities.
@@ -597,7 +622,7 @@ class LlamaCppModel:
         llg_np.fill_next_token_bitmask(matcher, bitmask, 0)
         llg_np.apply_token_bitmask_inplace(logits, bitmask[0])
         # The model's own distribution over the allowed tokens, before the null
-        # penalty: one log-sum-exp per chosen step (~0.1 ms on 49k entries).
+        # penalty and the close bias: one log-sum-exp per chosen step (~0.1 ms on 49k entries).
         top = float(logits.max())
         norm = top + float(np.log(np.exp(logits - top).sum()))
         penalized: set[int] = set()
@@ -607,11 +632,21 @@ class LlamaCppModel:
             if quote is not None and np.isfinite(logits[quote]) and np.isfinite(logits[nulls]).any():
                 logits[nulls] -= null_penalty
                 penalized = set(nulls)
+        closing: set[int] = set()
+        if close_bias:
+            bare, quoted, letter = self._closers()
+            # Inside a string a bare closer is a character and a quote ends the string; outside
+            # one a quote opens a string (``"]`` would be a string starting with ``]``).
+            closers = quoted if letter is None or np.isfinite(logits[letter]) else bare
+            if np.isfinite(logits[closers]).any():
+                logits[closers] += close_bias  # a masked one stays -inf
+                closing = set(closers)
         tok = int(logits.argmax())
         only = np.isfinite(logits).sum() <= 1
         if guard is not None:
             tok = _guarded(guard, logits, tok, self._spellings)
-        lp = float(logits[tok]) + (null_penalty if tok in penalized else 0.0) - norm
+        shift = (-null_penalty if tok in penalized else 0.0) + (close_bias if tok in closing else 0.0)
+        lp = float(logits[tok]) - shift - norm
         # A step with one allowed token is forced even when llguidance did not say so.
         return tok, None if lp > -1e-9 and only else lp
 

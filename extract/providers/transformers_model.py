@@ -102,8 +102,8 @@ class TransformersModel:
     def generate(self, prompt: str, grammar: Constraint | None, max_tokens: int,
                  null_penalty: float = 0.0, prefix: str | None = None,
                  guard: TokenGuard | None = None, on_text: Callable[[str], None] | None = None,
-                 save_prefix: bool = True) -> Generation:
-        """Greedy decoding under Outlines' llguidance processor; ``null_penalty``, ``prefix``,
+                 save_prefix: bool = True, close_bias: float = 0.0) -> Generation:
+        """Greedy decoding under Outlines' llguidance processor; ``null_penalty``, ``close_bias``, ``prefix``,
         ``guard`` and ``on_text`` are llama.cpp fast-decoder levers (logit penalty, prefix KV
         reuse, span-reuse veto, the text as it is written), not applied here: the answer comes
         in one piece.

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from extract.errors import ConfigError, ProviderError
 from extract.settings import Settings
 from extract.spec.model import Spec
-from extract.spec.prompt import PROMPT_VERSION, REPAIR_PROMPT_VERSION
+from extract.spec.prompt import GENERATE_PROMPT_VERSION, PROMPT_VERSION, REPAIR_PROMPT_VERSION
 from extract.tiers.base import Tier
 from extract.types import Attempt, Result
 
@@ -150,7 +150,7 @@ async def cache_key(spec: Spec, text: str, *, settings: Settings, tiers: Sequenc
         "text": text,
         "tiers": [tier.name for tier in tiers],
         "models": await model_identity(tiers),
-        "prompts": [PROMPT_VERSION, REPAIR_PROMPT_VERSION],
+        "prompts": [PROMPT_VERSION, REPAIR_PROMPT_VERSION, GENERATE_PROMPT_VERSION],
         "sampling": SAMPLING,
         "examples": examples,
         "settings": kept,

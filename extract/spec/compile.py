@@ -23,8 +23,8 @@ from extract.spec.grammar import Grammar
 from extract.spec.model import Regex, Spec, canonical_json
 from extract.spec.span_copy import COPY_KEY, CopySetting, apply_span_copy, copy_paths, strip_copy_marks
 
-__all__ = ["checked_after", "clear_constraint_cache", "compile_spec", "length_bucket", "local_constraint",
-           "max_output_chars"]
+__all__ = ["GENERATE_BOUNDS", "checked_after", "clear_constraint_cache", "compile_spec", "length_bucket",
+           "local_constraint", "max_output_chars"]
 
 
 @lru_cache(maxsize=256)
@@ -269,19 +269,30 @@ def clear_constraint_cache() -> None:
     _constraint.cache_clear()
 
 
+# (string characters, list items) for an instance written from no document (Settings.generate).
+# Input-derived bounds mean nothing there (the text is a request), and the 135M model fills a
+# list to its bound and a string to its length: measured on SchemaStore (benchmarks/results/
+# schemastore-local-*), instances long enough for the token limit to cut them.
+GENERATE_BOUNDS = (32, 2)
+
+
 def local_constraint(spec: Spec, text: str, *, copy_from_input: CopySetting = None, bounds: bool = True,
-                     shapes: bool = False) -> str:
+                     shapes: bool = False, generate: bool = False) -> str:
     """The JSON Schema text the local tier constrains decoding with, for this input.
 
     ``copy_from_input`` is the span-copy switch (None: as the schema marks it; see
     ``extract.spec.span_copy``); ``shapes`` narrows copied fields by the shape their name or
     description names (``extract.spec.shapes``); ``bounds=False`` leaves strings and lists unbounded (only the
-    ablation benchmark wants that, to measure what bounds buy).
+    ablation benchmark wants that, to measure what bounds buy). ``generate``: ``text`` is a
+    request, not a document: strings and lists are bounded by ``GENERATE_BOUNDS`` (never below
+    the schema's own minLength / minItems), not by the text.
     """
     if spec.schema is None:
         raise ValueError("local_constraint needs a JSON spec")
     str_bound = length_bucket(len(text)) if bounds else 0
     list_bound = max(8, min(64, len(text.split())))
+    if generate and bounds:
+        str_bound, list_bound = GENERATE_BOUNDS
     # Key order matters (the model fills fields in schema order): not canonical_json here.
     ordered = json.dumps(spec.schema, ensure_ascii=False)
     base = _constraint((spec.digest, ordered), str_bound, list_bound)

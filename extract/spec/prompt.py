@@ -17,6 +17,7 @@ from typing import Any, Literal
 from extract.spec.model import Spec
 
 __all__ = [
+    "GENERATE_PROMPT_VERSION",
     "PROMPT_VERSION",
     "REPAIR_PROMPT_VERSION",
     "Example",
@@ -24,6 +25,7 @@ __all__ = [
     "build_repair_messages",
     "describe_fields",
     "frame_text",
+    "prompt_version",
     "shared_prefix",
 ]
 
@@ -33,6 +35,14 @@ __all__ = [
 # with 638 -> 472 prompt tokens a record, and 0.77 -> 0.78 with six similar examples on 39
 # (1118 -> 952 tokens): 166 prompt tokens fewer, and 0.7 s off a first extraction.
 PROMPT_VERSION = "extract-v4"
+# The prompt of an instance to write rather than a document to read (``Settings.generate``):
+# its own version, so that extraction prompts and the results that cite them do not change.
+GENERATE_PROMPT_VERSION = "generate-v1"
+
+
+def prompt_version(generate: bool = False) -> str:
+    """The version of the prompt ``build_messages`` writes with this ``generate`` flag."""
+    return GENERATE_PROMPT_VERSION if generate else PROMPT_VERSION
 
 
 @dataclass(frozen=True)
@@ -125,11 +135,18 @@ def describe_fields(schema: dict[str, Any]) -> list[str]:
     return lines
 
 
+GENERATE_SYSTEM = (
+    "You write example JSON values that are valid against a JSON Schema. Write the smallest "
+    "valid value: the required fields only, short values, the fewest list items allowed."
+)
+
+
 # Beyond this the grammar text crowds out the document in a small model's context.
 _GRAMMAR_PROMPT_CHARS = 2000
 
 
-def build_messages(spec: Spec, text: str, examples: Sequence[Example] = ()) -> list[dict[str, str]]:
+def build_messages(spec: Spec, text: str, examples: Sequence[Example] = (), *,
+                   generate: bool = False) -> list[dict[str, str]]:
     """The chat messages asking for ``spec`` from ``text``.
 
     Worked examples become earlier user/assistant turns: the first user turn carries the
@@ -138,7 +155,14 @@ def build_messages(spec: Spec, text: str, examples: Sequence[Example] = ()) -> l
     validated: the chain passes the schema's own examples and then the pool's
     (``extract.examples.shown_examples``); this function validates nothing and imports nothing
     above ``spec``.
+
+    ``generate=True`` (``Settings.generate``): ``text`` is a request for an instance, not a
+    document, so it is the user's turn itself (no frame), under a system turn asking for the
+    smallest valid value. Why smallest: a 135M model asked for "an instance" writes every
+    optional key and fills lists to their bound, and the token limit cuts the JSON.
     """
+    if generate and spec.is_json:
+        return _generate_messages(spec, text, examples)
     if spec.kind == "regex":
         task = (
             "Answer with only the requested value, in the exact format of this regular "
@@ -168,11 +192,31 @@ def build_messages(spec: Spec, text: str, examples: Sequence[Example] = ()) -> l
     return messages
 
 
+def _generate_messages(spec: Spec, request: str, examples: Sequence[Example]) -> list[dict[str, str]]:
+    assert spec.schema is not None
+    title = spec.schema.get("title", spec.name)
+    about = spec.schema.get("description", "")
+    kind = "a JSON object" if spec.schema.get("type") == "object" else "a JSON value"
+    task = f"{request}\nWrite {kind} of type {title}" + (f" ({about})" if about else "") + "."
+    required = set(spec.schema.get("required") or [])
+    props = spec.schema.get("properties") or {}
+    fields = describe_fields({**spec.schema, "properties": {k: v for k, v in props.items() if k in required}})
+    if fields:
+        task += " Its required fields:\n" + "\n".join(fields)
+    task += "\nAnswer with the JSON only."
+    messages = [{"role": "system", "content": GENERATE_SYSTEM}]
+    for ex in examples:
+        messages.append({"role": "user", "content": task if len(messages) == 1 else request})
+        messages.append({"role": "assistant", "content": ex.answer})
+    messages.append({"role": "user", "content": task if len(messages) == 1 else request})
+    return messages
+
+
 _SENTINEL = "\x00extract-document\x00"
 
 
 def shared_prefix(render: Callable[[list[dict[str, str]]], str], spec: Spec,
-                  examples: Sequence[Example] = ()) -> str:
+                  examples: Sequence[Example] = (), *, generate: bool = False) -> str:
     """The start of every rendered prompt for ``spec`` that no document changes.
 
     It ends where the first per-document text begins: the first example chosen for this
@@ -182,7 +226,7 @@ def shared_prefix(render: Callable[[list[dict[str, str]]], str], spec: Spec,
     placeholder document finds the boundary whatever the template puts around the turns.
     """
     fixed = list(itertools.takewhile(lambda ex: ex.shared, examples))
-    rendered = render(build_messages(spec, _SENTINEL, fixed))
+    rendered = render(build_messages(spec, _SENTINEL, fixed, generate=generate))
     cut = rendered.find(_SENTINEL)
     return rendered[:cut] if cut > 0 else ""
 

@@ -47,7 +47,7 @@ from extract.providers.openai_compat import (
     server_safe_schema,
 )
 from extract.spec import Spec
-from extract.spec.prompt import PROMPT_VERSION, build_messages
+from extract.spec.prompt import build_messages, prompt_version
 from extract.tiers.base import Spend, Task
 from extract.tiers.remote import EndpointTier, closed_schema, schema_name, usage_of
 from extract.types import Attempt, AttemptError, ModelInfo, Usage
@@ -245,7 +245,8 @@ class InstructorTier(EndpointTier):
                 try:
                     await client.create(
                         response_model=carrier,
-                        messages=build_messages(spec, task.text, task.examples),  # type: ignore[arg-type]
+                        messages=build_messages(spec, task.text, task.examples,  # type: ignore[arg-type]
+                                                generate=self.settings.generate),
                         max_retries=self.settings.instructor_max_retries,
                         model=model_name,
                         max_tokens=budget,
@@ -315,7 +316,7 @@ class InstructorTier(EndpointTier):
         return Attempt(
             tier=self.name,
             model=ModelInfo(name=response.model or model_name, backend="openai-compatible"),
-            prompt_version=PROMPT_VERSION,
+            prompt_version=prompt_version(self.settings.generate),
             raw=raw,
             value=checked.value if checked.error is None else None,
             error=checked.error,

@@ -49,7 +49,7 @@ from extract.providers.openai_compat import (
 )
 from extract.spec import Spec, local_constraint
 from extract.spec.gbnf import grammar_to_gbnf, object_gbnf, regex_to_gbnf
-from extract.spec.prompt import PROMPT_VERSION, build_messages
+from extract.spec.prompt import build_messages, prompt_version
 from extract.tiers.base import Spend, Task
 from extract.tiers.remote import EndpointTier, closed_schema, response_confidences, schema_name, usage_of
 from extract.types import Attempt, AttemptError, ModelInfo, Usage
@@ -116,7 +116,7 @@ class NativeTier(EndpointTier):
         if spec.kind in ("grammar", "regex"):
             return await self._grammar_attempts(task, endpoint)
         schema = closed_schema(spec, task.text) if spec.is_json else None
-        messages = build_messages(spec, task.text, task.examples)
+        messages = build_messages(spec, task.text, task.examples, generate=self.settings.generate)
         budget = self.output_tokens(spec, task.text)
         rejected: list[dict[str, str]] = []
         meta: dict[str, Any] = {"endpoint": endpoint.label, "max_tokens": budget}
@@ -240,7 +240,7 @@ class NativeTier(EndpointTier):
         return Attempt(
             tier=self.name,
             model=ModelInfo(name=response.model or model_name or "", backend="openai-compatible"),
-            prompt_version=PROMPT_VERSION,
+            prompt_version=prompt_version(self.settings.generate and task.spec.is_json),
             raw=choice.message.content,
             value=checked.value if checked.error is None else None,
             error=checked.error,
