@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections import defaultdict
@@ -32,7 +31,7 @@ from schema_variants import VARIANTS, gold_for  # noqa: E402
 from zero_shot import labels_of, rows_for  # noqa: E402
 
 from extract.report.scoring import FieldCounts, field_counts  # noqa: E402
-from extract.spec.span_select import queries_for  # noqa: E402
+from extract.spec.span_select import Rank, decide, queries_for  # noqa: E402
 from extract.types import FieldScores, SpanQuery  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "zero_shot" / "span_scores.jsonl"
@@ -75,39 +74,16 @@ def score(args: argparse.Namespace) -> None:
                 sink.flush()
 
 
-def _lse(values: list[float]) -> float:
-    top = max(values)
-    return top + math.log(sum(math.exp(v - top) for v in values))
-
-
-def replay(queries: list[SpanQuery], scores: list[FieldScores], text: str, bias: float, rank: str) -> dict[str, Any]:
-    """The joint decision under ``rank``; ``share`` is what the product does."""
-    pairs = []
-    for n, (query, got) in enumerate(zip(queries, scores, strict=True)):
-        null = got.null + bias if query.nullable and got.null is not None else None
-        options = [*got.spans.values(), *([null] if null is not None else [])]
-        if not options:
-            continue
-        total = _lse(options)
-        for span, s in got.spans.items():
-            if null is not None and s <= null:
-                continue
-            key = {"margin": s - (null if null is not None else -1e9), "share": s - total, "raw": s}[rank]
-            pairs.append((key, n, span))
-    pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
-    taken: list[tuple[int, int]] = []
-    chosen: dict[int, tuple[int, int]] = {}
-    for _, n, span in pairs:
-        if n in chosen or any(span[0] < b and a < span[1] for a, b in taken):
-            continue
-        chosen[n] = span
-        taken.append(span)
+def replay(queries: list[SpanQuery], scores: list[FieldScores], text: str, bias: float, rank: Rank) -> dict[str, Any]:
+    """The product's joint decision under ``rank``, as the answer it would pin."""
     value: dict[str, Any] = {}
-    for n, span in chosen.items():
+    for path, choice in decide(queries, scores, text, bias, rank).items():
+        if choice.value is None:
+            continue
         node = value
-        for key in queries[n].path[:-1]:
+        for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[queries[n].path[-1]] = text[span[0]:span[1]]
+        node[path[-1]] = choice.value
     return value
 
 

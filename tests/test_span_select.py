@@ -63,6 +63,13 @@ def test_queries_cover_copied_strings_through_objects_only() -> None:
     assert "Peachtree Rd" in ends and "Peachtree Rd," in ends
 
 
+def test_a_required_string_must_take_a_span_and_an_optional_one_that_cannot_be_null_is_left_alone() -> None:
+    schema = {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string"}, "nick": {"type": "string"}, "city": nullable()}}
+    queries = queries_for(constraint_for(schema, TEXT), TEXT)
+    assert [(q.path, q.nullable) for q in queries] == [(("name",), False), (("city",), True)]
+
+
 def test_a_span_goes_to_the_field_that_wants_it_most_and_null_wins_below_the_bias() -> None:
     text = "Atlanta GA"
     queries = queries_for(constraint_for({"type": "object", "properties": {

@@ -26,9 +26,9 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from extract.spec.span_copy import SPAN_DEF, WORD
+from extract.spec.span_copy import SPAN_DEF, TRAILING_PUNCTUATION, WORD
 from extract.types import FieldScores, SpanQuery, SpanStart
 
 __all__ = [
@@ -76,8 +76,8 @@ def _span_list(node: dict[str, Any], defs: dict[str, Any]) -> tuple[list[str], b
     return (spans, nullable) if spans is not None else None
 
 
-def _leaves(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...],
-            required: bool) -> list[tuple[tuple[str, ...], list[str], bool]]:
+def _leaves(node: dict[str, Any], defs: dict[str, Any],
+            path: tuple[str, ...]) -> list[tuple[tuple[str, ...], list[str], bool]]:
     out: list[tuple[tuple[str, ...], list[str], bool]] = []
     props = node.get("properties")
     if not isinstance(props, dict):
@@ -91,10 +91,12 @@ def _leaves(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...],
         found = _span_list(child, defs)
         if found is not None:
             spans, nullable = found
-            if spans and (nullable or key in needed or required):
+            # An optional field that cannot be null is left out: pinning it would force a value
+            # where the schema lets the key be absent.
+            if spans and (nullable or key in needed):
                 out.append((here, spans, nullable))
         elif child.get("type") == "object" and "$ref" not in child:
-            out.extend(_leaves(child, defs, here, required))
+            out.extend(_leaves(child, defs, here))
     return out
 
 
@@ -110,14 +112,14 @@ def queries_for(constraint: dict[str, Any], text: str, max_words: int = MAX_WORD
     defs = constraint.get("$defs") or {}
     words = [(m.start(), m.end()) for m in WORD.finditer(text)]
     queries = []
-    for path, spans, nullable in _leaves(constraint, defs, (), required=True):
+    for path, spans, nullable in _leaves(constraint, defs, ()):
         allowed = set(spans)
         starts = []
         for i, (st, _) in enumerate(words):
             last = min(i + max_words, len(words)) - 1
             ends = set()
             for _, end in words[i:last + 1]:
-                for form in (text[st:end], text[st:end].rstrip(",;:")):
+                for form in (text[st:end], text[st:end].rstrip(TRAILING_PUNCTUATION)):
                     if form and form in allowed:
                         ends.add(len(form))
             if ends:
@@ -133,8 +135,11 @@ def _logsumexp(values: Sequence[float]) -> float:
     return top + math.log(sum(math.exp(v - top) for v in values))
 
 
+Rank = Literal["share", "margin", "raw"]
+
+
 def decide(queries: Sequence[SpanQuery], scores: Sequence[FieldScores], text: str,
-           null_bias: float) -> dict[tuple[str, ...], Choice]:
+           null_bias: float, rank: Rank = "share") -> dict[tuple[str, ...], Choice]:
     """Each field's value, decided jointly.
 
     A field's options are ``null`` (its log-probability plus ``null_bias``) and its scored
@@ -143,9 +148,10 @@ def decide(queries: Sequence[SpanQuery], scores: Sequence[FieldScores], text: st
     both fields like goes to the field that is surer of it, and the other takes its next best.
     A span (or one overlapping it) is not handed out twice. A field left with no span it
     prefers to null is null; one that cannot be null takes its best remaining span.
-    The confidence is that same share for the option the field got (measured on the dev
-    variants of benchmarks/zero_shot.py, ranking by share beat ranking by the margin over
-    null or by the raw score).
+    The confidence is that same share for the option the field got. ``rank`` exists to
+    measure the alternatives (``benchmarks/span_select_tune.py``): ``"margin"`` hands out by
+    the span's margin over null, ``"raw"`` by its log-probability; on the dev variants of
+    benchmarks/zero_shot.py ranking by share did best.
     """
     pairs: list[tuple[float, int, tuple[int, int]]] = []
     totals: list[float | None] = []
@@ -158,7 +164,9 @@ def decide(queries: Sequence[SpanQuery], scores: Sequence[FieldScores], text: st
             continue
         for span, score in got.spans.items():
             if null is None or score > null:
-                pairs.append((score - total, n, span))
+                key = {"share": score - total, "margin": score - null if null is not None else score,
+                       "raw": score}[rank]
+                pairs.append((key, n, span))
     pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
     taken: list[tuple[int, int]] = []
     chosen: dict[int, tuple[int, int]] = {}
