@@ -346,7 +346,7 @@ class LlamaCppModel:
         """The model's log-probability of ``null`` and of each candidate span, per field, after
         ``prompt`` (``extract.spec.span_select``); returns (scores, tokens evaluated past the prompt).
 
-        Each field is asked alone: the answer begun with its key (``Query.lead``), then
+        Each field is asked alone: the answer begun with its key (``SpanQuery.lead``), then
         ``null``, or a quote, a span's tokens and a closing quote. Spans from one start share
         one evaluation of the text from there, read off at each allowed end. A span's score only
         falls as it grows, so spans are tried best first token first, and a start or a longer
