@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from schema_variants import VARIANTS, Variant, gold_for  # noqa: E402
 
 from extract import Extractor  # noqa: E402
-from extract.report.scoring import field_counts, leaves  # noqa: E402
+from extract.report.confidence import auroc, precision_at_coverage  # noqa: E402
+from extract.report.scoring import field_counts, field_tally, leaves  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 FILES = {"usaddress": "usaddress/dev.jsonl", "snips": "snips/dev.jsonl", "citations": "citations/dev.jsonl"}
@@ -110,10 +111,15 @@ def record(extractor: Extractor, variant: Variant, lever: str, which: str, row: 
     pred = mapped(value, variant)
     tp, fp, fn = field_counts(pred, gold)
     usage = result.usage
+    # The model's confidence in each mapped value it returned (Attempt.meta["confidence"] is
+    # keyed by JSON pointer): what the confidence table reads.
+    said = (result.attempts[-1].meta.get("confidence") or {}) if result.ok and result.attempts else {}
+    confidence = {path: said.get("/" + path.replace(".", "/")) for path, leaf in leaves(pred).items()
+                  if leaf is not None}
     return {
         "variant": variant.name, "dataset": variant.dataset, "intent": variant.intent, "role": variant.role,
         "lever": lever, "rows": which, "id": row["id"], "text": row["text"],
-        "pred": pred, "gold": gold, "tp": tp, "fp": fp, "fn": fn,
+        "pred": pred, "gold": gold, "tp": tp, "fp": fp, "fn": fn, "confidence": confidence,
         "valid": result.ok, "tier": result.tier,
         "prompt_version": result.attempts[-1].prompt_version if result.attempts else None,
         "tokens": usage.input_tokens + usage.output_tokens, "output_tokens": usage.output_tokens,
@@ -200,6 +206,34 @@ def table(out: Path, sample: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def confidence_table(out: Path) -> str:
+    """Markdown: per (rows, variant, lever) with recorded confidences, whether the model's
+    confidence tells a right value from a wrong one (``extract.report.confidence``)."""
+    path = out / "rows.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+    groups: dict[tuple[str, str, str], tuple[list[float], list[bool]]] = defaultdict(lambda: ([], []))
+    for r in rows:
+        if "confidence" not in r:
+            continue
+        right = {k for k, (tp, _, _) in field_tally(r["pred"], r["gold"]).items() if tp}
+        scores, labels = groups[(r["rows"], r["variant"], r["lever"])]
+        for leaf, conf in r["confidence"].items():
+            if conf is not None:
+                scores.append(float(conf))
+                labels.append(leaf in right)
+    lines = ["| rows | variant | lever | values | precision | AUROC | precision, surest 50% |",
+             "|---|---|---|---|---|---|---|"]
+    for key in sorted(groups):
+        scores, labels = groups[key]
+        if not scores:
+            continue
+        area = auroc(scores, labels)
+        half = precision_at_coverage(scores, labels, 0.5)
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(scores)} | {sum(labels) / len(labels):.2f} | "
+                     f"{'–' if area is None else f'{area:.2f}'} | {'–' if half is None else f'{half:.2f}'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lever", action="append", choices=list(LEVERS), help="lever (repeat); default: default")
@@ -217,6 +251,9 @@ def main() -> None:
     if not args.table:
         run(args)
     print(table(Path(args.out)))
+    confidences = confidence_table(Path(args.out))
+    if confidences.count("\n") > 1:  # rows recorded with their confidences
+        print("\n" + confidences)
 
 
 if __name__ == "__main__":
