@@ -426,6 +426,7 @@ class LlamaCppModel:
                 if head < max(best - margin, floor):
                     break
                 ends = set(start.ends)
+                _, token_ends = self._text_and_ends(toks)
                 total = head
                 pred = first  # the row that predicts the next token of the span
                 done = 0
@@ -439,7 +440,7 @@ class LlamaCppModel:
                         if at > 0:
                             total += float(pred[toks[at]])
                         pred = row
-                        end = len(llm.detokenize(toks[:at + 1]).decode("utf-8", errors="ignore"))
+                        end = token_ends[at] if token_ends else -1
                         if end in ends:
                             closed = total + float(np.logaddexp.reduce(row[closers]))
                             spans[(start.offset, start.offset + end)] = closed

@@ -262,7 +262,6 @@ class LocalTier:
         model = await asyncio.to_thread(load_local_model, self.settings)
         prompt, text, cut = await asyncio.to_thread(self._fit, model, spec, task.text, task.examples)
         all_keys = self._all_keys(spec, task.examples)
-        grammar = self.grammar_for(spec, text, all_keys)
         budget = self.output_tokens(spec, text, model.n_ctx - model.count_tokens(prompt))
         penalty = self.settings.null_penalty if all_keys else 0.0
         close = GENERATE_CLOSE_BIAS if self.settings.generate and spec.is_json else 0.0
@@ -278,8 +277,10 @@ class LocalTier:
             selected = await loop.run_in_executor(
                 model.executor, self._select, model, spec, text, prompt, prefix, all_keys, save)
         scored_tokens = 0
-        if selected is not None:
+        if selected is not None:  # the pinned constraint replaces the free one
             grammar, choices, scored_tokens = selected
+        else:
+            grammar = self.grammar_for(spec, text, all_keys)
         guard = self.guard_for(spec, text) if selected is None else None
         engine = batch_engine(model, self.settings)
         if engine is not None:  # decoded in one batch with the other extractions in flight
