@@ -40,7 +40,7 @@ OUT = ROOT / "benchmarks" / "results" / "zero_shot" / "span_scores.jsonl"
 def score(args: argparse.Namespace) -> None:
     from extract.providers.local_model import load_local_model
     from extract.settings import Settings
-    from extract.spec.compile import compile_spec, local_constraint
+    from extract.spec.compile import compile_spec
     from extract.spec.prompt import build_messages, shared_prefix
     from extract.tiers.local import LocalTier
 
@@ -59,15 +59,14 @@ def score(args: argparse.Namespace) -> None:
                     continue
                 text = str(row["text"])
                 prompt = model.render(build_messages(spec, text))
-                constraint = local_constraint(spec, text, copy_from_input=tier.copy_setting(spec), bounds=True,
-                                              shapes=True)
-                queries = queries_for(json.loads(constraint), text)
+                constraint, queries = tier.span_queries(spec, text, trim_edges=not args.no_trim)
                 started = time.perf_counter()
                 scores, tokens = model.score_spans(prompt, queries, shared_prefix(model.render, spec),
                                                    null_bias=args.null_bias)
                 sink.write(json.dumps({
                     "variant": variant.name, "id": row["id"], "rows": args.rows, "text": text,
-                    "gold": gold_for(variant, labels_of(row)), "constraint": constraint,
+                    "gold": gold_for(variant, labels_of(row)), "constraint": json.dumps(constraint, ensure_ascii=False),
+                    "trim_edges": not args.no_trim,
                     "scores": [[s.null, {f"{a},{b}": x for (a, b), x in s.spans.items()}] for s in scores],
                     "tokens": tokens, "seconds": round(time.perf_counter() - started, 3),
                 }, ensure_ascii=False) + "\n")
@@ -91,7 +90,7 @@ def sweep(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in Path(args.out).open()]
     results: dict[str, dict[tuple[str, float], list[tuple[int, int, int]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        queries = queries_for(json.loads(r["constraint"]), r["text"])
+        queries = queries_for(json.loads(r["constraint"]), r["text"], trim_edges=r.get("trim_edges", False))
         scores = [FieldScores(null, {(int(k.split(",")[0]), int(k.split(",")[1])): v for k, v in spans.items()})
                   for null, spans in r["scores"]]
         for rank in ("share", "margin", "raw"):
@@ -119,6 +118,8 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=20)
     parser.add_argument("--null-bias", type=float, default=None,
                         help="score: stop following spans below null + this (None: follow all)")
+    parser.add_argument("--no-trim", action="store_true",
+                        help="score: candidates only as written (no spans shed of enclosing punctuation)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     score(args) if args.command == "score" else sweep(args)

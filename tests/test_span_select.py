@@ -13,6 +13,7 @@ from extract.errors import ConfigError
 from extract.providers.decoding import Constraint
 from extract.settings import Settings
 from extract.spec import compile_spec, local_constraint
+from extract.spec.span_copy import span_forms
 from extract.spec.span_select import decide, pin_constraint, pointer, queries_for
 from extract.types import FieldScores
 from extract.validate import check
@@ -61,6 +62,40 @@ def test_queries_cover_copied_strings_through_objects_only() -> None:
     street = next(q for q in queries if q.path == ("street", "name"))
     ends = {TEXT[s.offset:s.offset + e] for s in street.starts for e in s.ends}
     assert "Peachtree Rd" in ends and "Peachtree Rd," in ends
+
+
+@pytest.mark.parametrize(("written", "shed"), [
+    ("(2014).", "2014"), ('"A title".', "A title"), ("12(3):", "12(3)"), ("(RAR) ortholog", "(RAR) ortholog"),
+    ("Tenino?", "Tenino"), ("[199]", "199"), ("\u201cQuoted\u201d,", "Quoted"), ("'90s", "90s"),
+    # A full stop after one word may be its own; after a number, a closer or a run of words not.
+    ("St.", "St."), ("playlist.", "playlist."), ("2015.", "2015"), ("contingency tables.", "contingency tables"),
+])
+def test_a_span_sheds_what_encloses_it_but_keeps_a_pair_inside(written: str, shed: str) -> None:
+    text = f"see {written} here"
+    forms = span_forms(text, 4, 4 + len(written), trim_edges=True)
+    start, form = forms[-1]
+    assert form == shed and text[start:start + len(form)] == shed
+    # Without trim_edges the forms are the span and the span without trailing separators only.
+    assert [f for _, f in span_forms(text, 4, 4 + len(written))] == [written, written.rstrip(",;:")]
+
+
+def test_trimmed_candidates_are_offered_only_with_trim_edges_and_read_back() -> None:
+    text = 'Smith, J. (2014). "Graphs". Will it rain in Tenino?'
+    schema = {"type": "object", "properties": {"year": nullable(), "title": nullable(), "town": nullable()}}
+    spec = compile_spec(schema)
+    plain = queries_for(constraint_for(schema, text), text)
+    trimmed_constraint = json.loads(local_constraint(spec, text, copy_from_input="auto", bounds=True, shapes=True,
+                                                     trim_edges=True))
+    trimmed = queries_for(trimmed_constraint, text, trim_edges=True)
+
+    def candidates(queries: list[Any]) -> set[str]:
+        return {text[s.offset:s.offset + e] for q in queries for s in q.starts for e in s.ends}
+
+    assert {"2014", "Graphs", "Tenino"} <= candidates(trimmed)
+    assert not {"2014", "Graphs", "Tenino"} & candidates(plain)
+    assert candidates(plain) <= candidates(trimmed)
+    # A trimmed form the constraint does not admit (the plain constraint) is not asked about.
+    assert not {"2014", "Tenino"} & candidates(queries_for(constraint_for(schema, text), text, trim_edges=True))
 
 
 def test_a_required_string_must_take_a_span_and_an_optional_one_that_cannot_be_null_is_left_alone() -> None:

@@ -277,7 +277,7 @@ GENERATE_BOUNDS = (32, 2)
 
 
 def local_constraint(spec: Spec, text: str, *, copy_from_input: CopySetting = None, bounds: bool = True,
-                     shapes: bool = False, generate: bool = False) -> str:
+                     shapes: bool = False, generate: bool = False, trim_edges: bool = False) -> str:
     """The JSON Schema text the local tier constrains decoding with, for this input.
 
     ``copy_from_input`` is the span-copy switch (None: as the schema marks it; see
@@ -285,7 +285,8 @@ def local_constraint(spec: Spec, text: str, *, copy_from_input: CopySetting = No
     description names (``extract.spec.shapes``); ``bounds=False`` leaves strings and lists unbounded (only the
     ablation benchmark wants that, to measure what bounds buy). ``generate``: ``text`` is a
     request, not a document: strings and lists are bounded by ``GENERATE_BOUNDS`` (never below
-    the schema's own minLength / minItems), not by the text.
+    the schema's own minLength / minItems), not by the text. ``trim_edges``: copied strings may
+    also shed what encloses them (``extract.spec.span_copy.span_forms``).
     """
     if spec.schema is None:
         raise ValueError("local_constraint needs a JSON spec")
@@ -301,7 +302,7 @@ def local_constraint(spec: Spec, text: str, *, copy_from_input: CopySetting = No
             return base
         return json.dumps(strip_copy_marks(json.loads(base)), separators=(",", ":"), ensure_ascii=False)
     # Per input: the spans change with every text, so this part is never cached.
-    copied = apply_span_copy(json.loads(base), text, copy_from_input, shapes)
+    copied = apply_span_copy(json.loads(base), text, copy_from_input, shapes, trim_edges)
     return json.dumps(copied, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "computed",
     "copy_paths",
     "copy_violations",
+    "span_forms",
     "span_occurrences",
     "strip_copy_marks",
     "word_spans",
@@ -45,6 +46,19 @@ SPAN_DEF = "extract_input_span"
 WORD = re.compile(r"\S+")
 # Trailing separators a span may drop ("Arlington," -> "Arlington"): both forms are substrings.
 TRAILING_PUNCTUATION = ",;:"
+# What encloses or ends a value without being part of it (``_shed``): "(2014)" is the year 2014,
+# '"Title".' the title, "Tenino?" the town. Only scored span selection offers these trimmed forms
+# (``trim_edges``): greedy decoding on the shipped schemas was tuned, and is measured, without.
+_PAIRS = {"(": ")", "[": "]", "{": "}", '"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019",
+          "\u00ab": "\u00bb"}
+_CLOSING = {v: k for k, v in _PAIRS.items()}
+# A full stop is shed after a closing bracket or quote ('(2014).', '"Title".'), a digit
+# ("2015.", "45-67.") or a run of words ("...contingency tables."), not after one word: there
+# it may be the word's own ("St.") and, shed from a sentence's last word ("...to the Deep House
+# playlist." -> "playlist"), it made a distractor the model took as a value. Measured on the dev
+# variants (benchmarks/span_select_tune.py, 12 rows each): shedding every full stop took SNIPS
+# AddToPlaylist from 0.48 to 0.36; shedding none kept citations at 0.34 instead of 0.50.
+_ENDINGS = "?!" + TRAILING_PUNCTUATION
 # Longest span in words, and the most spans per input: a citation title runs to ~20 words;
 # 40 words x 24 lengths x 2 forms stays near 2,000 alternatives (measured: compile < 10 ms).
 MAX_SPAN_WORDS = 24
@@ -52,21 +66,60 @@ MAX_SPANS = 4000
 _CONSTRAINING = ("enum", "const", "format", "$ref")
 
 
-def span_occurrences(text: str, max_words: int = MAX_SPAN_WORDS,
-                     limit: int = MAX_SPANS) -> dict[str, list[tuple[int, int]]]:
+def span_forms(text: str, start: int, end: int, trim_edges: bool = False) -> list[tuple[int, str]]:
+    """The forms a word run ``text[start:end]`` may be copied in, each with where it starts: as
+    written, without trailing separators and, with ``trim_edges``, without what encloses it."""
+    span = text[start:end]
+    forms = [(start, span), (start, span.rstrip(TRAILING_PUNCTUATION))]
+    if trim_edges:
+        lead, inner = _shed(span)
+        forms.append((start + lead, inner))
+    return forms
+
+
+def _unbalanced(s: str, mark: str) -> bool:
+    """Whether ``mark`` (an opening or closing bracket or quote) has no partner inside ``s``."""
+    opener = _CLOSING.get(mark, mark)
+    closer = _PAIRS[opener]
+    if opener == closer:
+        return s.count(mark) % 2 == 1
+    return s.count(opener) != s.count(closer)
+
+
+def _shed(span: str) -> tuple[int, str]:
+    """``span`` without the sentence endings, enclosing pairs and stray brackets or quotes at its
+    edges, and how many characters it lost at the front: '(2014).' -> '2014', '"A title".' ->
+    'A title', '12(3):' -> '12(3)' (a pair inside the value stays)."""
+    lead, out = 0, span
+    while out:
+        before = out
+        out = out.rstrip(_ENDINGS)
+        if len(out) >= 2 and out[-1] == "." and (out[-2] in _CLOSING or out[-2].isdigit() or len(out.split()) > 1):
+            out = out[:-1]
+        if len(out) >= 2 and _PAIRS.get(out[0]) == out[-1]:
+            lead, out = lead + 1, out[1:-1]
+        elif out[:1] in _PAIRS and _unbalanced(out, out[0]):
+            lead, out = lead + 1, out[1:]
+        elif out[-1:] in _CLOSING and _unbalanced(out, out[-1]):
+            out = out[:-1]
+        if out == before:
+            break
+    return lead, out
+
+
+def span_occurrences(text: str, max_words: int = MAX_SPAN_WORDS, limit: int = MAX_SPANS,
+                     trim_edges: bool = False) -> dict[str, list[tuple[int, int]]]:
     """Every run of 1..``max_words`` consecutive words of ``text``, as written, with where it stands.
 
-    Each run also appears without trailing separators. Past ``limit`` spans the longest runs
-    are dropped first, so very long inputs keep every short span. Values: the (start, end)
+    Each run also appears in its other forms (``span_forms``). Past ``limit`` spans the longest
+    runs are dropped first, so very long inputs keep every short span. Values: the (start, end)
     character offsets of each occurrence, in text order.
     """
     words = [(m.start(), m.end()) for m in WORD.finditer(text)]
     seen: dict[str, list[tuple[int, int]]] = {}
     for length in range(1, max_words + 1):
         for i in range(0, len(words) - length + 1):
-            start, end = words[i][0], words[i + length - 1][1]
-            span = text[start:end]
-            for form in (span, span.rstrip(TRAILING_PUNCTUATION)):
+            for start, form in span_forms(text, words[i][0], words[i + length - 1][1], trim_edges):
                 if form:
                     spot = (start, start + len(form))
                     spots = seen.setdefault(form, [])
@@ -79,13 +132,14 @@ def span_occurrences(text: str, max_words: int = MAX_SPAN_WORDS,
     return seen
 
 
-def word_spans(text: str, max_words: int = MAX_SPAN_WORDS, limit: int = MAX_SPANS) -> list[str]:
+def word_spans(text: str, max_words: int = MAX_SPAN_WORDS, limit: int = MAX_SPANS,
+               trim_edges: bool = False) -> list[str]:
     """Every run of 1..``max_words`` consecutive words of ``text``, as written (sorted, unique).
 
-    Each run also appears without trailing separators. Past ``limit`` spans the longest runs
-    are dropped first, so very long inputs keep every short span.
+    Each run also appears in its other forms (``span_forms``). Past ``limit`` spans the longest
+    runs are dropped first, so very long inputs keep every short span.
     """
-    return sorted(span_occurrences(text, max_words, limit))
+    return sorted(span_occurrences(text, max_words, limit, trim_edges))
 
 
 def _copyable(node: dict[str, Any]) -> bool:
@@ -275,13 +329,13 @@ def strip_copy_marks(node: Any) -> Any:
 
 
 def apply_span_copy(schema: dict[str, Any], text: str, setting: CopySetting = None,
-                    shapes: bool = False) -> dict[str, Any]:
+                    shapes: bool = False, trim_edges: bool = False) -> dict[str, Any]:
     """``schema`` with every marked string constrained to a word span of ``text``.
 
     Returns a new schema; an unmarked schema comes back only without the marks. An input with
     no words leaves the strings as they were (an empty enum would admit nothing).
     """
-    spans = word_spans(text)
+    spans = word_spans(text, trim_edges=trim_edges)
     if not spans:
         return strip_copy_marks(schema)  # type: ignore[no-any-return]
     rewriter = _Rewriter(setting, spans, shapes)

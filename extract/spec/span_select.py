@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from extract.spec.span_copy import SPAN_DEF, TRAILING_PUNCTUATION, WORD
+from extract.spec.span_copy import MAX_SPANS, SPAN_DEF, span_occurrences
 from extract.types import FieldScores, SpanQuery, SpanStart
 
 __all__ = [
@@ -106,27 +106,24 @@ def _lead(path: tuple[str, ...]) -> str:
         path[-1], ensure_ascii=False) + ":"
 
 
-def queries_for(constraint: dict[str, Any], text: str, max_words: int = MAX_WORDS) -> list[SpanQuery]:
-    """The fields of a span-copy constraint (``local_constraint`` with span-copy on) to score
-    on ``text``, in schema order; empty when none qualifies."""
+def queries_for(constraint: dict[str, Any], text: str, max_words: int = MAX_WORDS,
+                trim_edges: bool = False) -> list[SpanQuery]:
+    """The fields of a span-copy constraint (``local_constraint`` with span-copy on, and the
+    same ``trim_edges``) to score on ``text``, in schema order; empty when none qualifies.
+    A field's candidates are the word-run forms (``span_forms``) its enum admits, grouped by
+    where they start: one evaluation of a start serves every length."""
     defs = constraint.get("$defs") or {}
-    words = [(m.start(), m.end()) for m in WORD.finditer(text)]
+    occurrences = span_occurrences(text, max_words, MAX_SPANS, trim_edges)
     queries = []
     for path, spans, nullable in _leaves(constraint, defs, ()):
-        allowed = set(spans)
-        starts = []
-        for i, (st, _) in enumerate(words):
-            last = min(i + max_words, len(words)) - 1
-            ends = set()
-            for _, end in words[i:last + 1]:
-                for form in (text[st:end], text[st:end].rstrip(TRAILING_PUNCTUATION)):
-                    if form and form in allowed:
-                        ends.add(len(form))
-            if ends:
-                stop = max(ends)
-                starts.append(SpanStart(st, text[st:st + stop], tuple(sorted(ends))))
+        ends: dict[int, set[int]] = {}
+        for form in spans:
+            for start, end in occurrences.get(form, ()):
+                ends.setdefault(start, set()).add(end - start)
+        starts = tuple(SpanStart(st, text[st:st + max(lengths)], tuple(sorted(lengths)))
+                       for st, lengths in sorted(ends.items()))
         if starts:
-            queries.append(SpanQuery(path, _lead(path), nullable, tuple(starts)))
+            queries.append(SpanQuery(path, _lead(path), nullable, starts))
     return queries
 
 

@@ -30,7 +30,7 @@ from extract.spec.span_guard import SpanGuard
 from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
 from extract.spec.span_select import Choice, decide, pin_constraint, pointer, queries_for
 from extract.tiers.base import MIN_OUTPUT_TOKENS, Spend, Task, output_token_limit, prompt_fits
-from extract.types import Attempt, Usage
+from extract.types import Attempt, SpanQuery, Usage
 from extract.validate import check
 from extract.validate.grounding import token_confidences
 
@@ -194,15 +194,25 @@ class LocalTier:
             return copy == "auto" and not examples
         return bool(copy_paths(spec.schema, copy))
 
+    def span_queries(self, spec: Spec, text: str, trim_edges: bool = True) -> tuple[dict[str, Any], list[SpanQuery]]:
+        """The constraint scored span selection starts from, and the fields it asks about.
+
+        Its copied strings may shed what encloses them (``trim_edges``): asked for a year, the
+        model writes ``"2014"``, not ``"(2014)"``, and a town at the end of a question is
+        ``"Tenino"``, not ``"Tenino?"``. Without those forms the only candidates were ones the
+        model scores far below null (benchmarks/span_select_tune.py measures both).
+        """
+        constraint = json.loads(local_constraint(
+            spec, text, copy_from_input=self.copy_setting(spec), bounds=self.settings.bound_strings,
+            shapes=self.settings.infer_shapes, generate=self.settings.generate, trim_edges=trim_edges))
+        return constraint, queries_for(constraint, text, trim_edges=trim_edges)
+
     def _select(self, model: Any, spec: Spec, text: str, prompt: str, prefix: str, all_keys: bool,
                 save: bool) -> tuple[Constraint, dict[tuple[str, ...], Choice], int] | None:
         """Score the copied fields' spans, decide them jointly and pin them in the constraint;
         None when no field qualifies (the attempt then decodes as usual). Runs on the model's
         thread."""
-        constraint = json.loads(local_constraint(
-            spec, text, copy_from_input=self.copy_setting(spec), bounds=self.settings.bound_strings,
-            shapes=self.settings.infer_shapes, generate=self.settings.generate))
-        queries = queries_for(constraint, text)
+        constraint, queries = self.span_queries(spec, text)
         if not queries or model.count_tokens(prompt) + _SCORE_ROOM > model.n_ctx:
             return None  # nothing to score, or no room past the prompt to score spans in
         bias = self.settings.span_select_null_bias
