@@ -11,10 +11,13 @@ import pytest
 from extract import Extractor
 from extract.errors import ConfigError
 from extract.providers.decoding import Constraint
+from extract.providers.local_model import LlamaCppModel, load_local_model
 from extract.settings import Settings
 from extract.spec import compile_spec, local_constraint
+from extract.spec.prompt import build_messages, shared_prefix
 from extract.spec.span_copy import span_forms
 from extract.spec.span_select import decide, pin_constraint, pointer, queries_for
+from extract.tiers.local import LocalTier
 from extract.types import FieldScores
 from extract.validate import check
 
@@ -146,6 +149,31 @@ def test_the_pinned_constraint_writes_the_chosen_values_and_compiles() -> None:
     assert Constraint("json_schema", text_schema).problems() == []
     assert constraint["properties"]["house_number"] != pinned["properties"]["house_number"]  # a copy
     assert pointer(("street", "name")) == "/street/name" and pointer(("a/b",)) == "/a~1b"
+
+
+def test_the_answer_after_scoring_starts_from_the_scored_prompt_and_equals_a_fresh_evaluation() -> None:
+    settings = Settings(tiers=["local"], cache=False)
+    model = load_local_model(settings)
+    assert isinstance(model, LlamaCppModel)
+    tier = LocalTier(settings)
+    spec = compile_spec(USER)
+    text = "Ship to 2260 Peachtree Rd, Atlanta GA 30309 before Friday."
+    prompt = model.render(build_messages(spec, text))
+    prefix = shared_prefix(model.render, spec)
+    constraint, queries = tier.span_queries(spec, text)
+    grammar = Constraint("json_schema", json.dumps(constraint))
+
+    model.score_spans(prompt, queries, prefix, null_bias=-4.0)
+    kept = model.generate(prompt, grammar, 64, prefix=prefix)
+    assert kept.prefix_source == "memory"
+    # The same answer when the prompt is evaluated afresh (another prompt ran in between)...
+    model.generate(model.render(build_messages(spec, "Room 12, Oslo")), grammar, 8, prefix=prefix)
+    fresh = model.generate(prompt, grammar, 64, prefix=prefix)
+    assert (kept.text, kept.token_logprobs) == (fresh.text, fresh.token_logprobs)
+    # ...and the kept prompt is taken once only: a second decode of it evaluates it again.
+    model.score_spans(prompt, queries, prefix, null_bias=-4.0)
+    model.generate(prompt, grammar, 8, prefix=prefix)
+    assert model._scored_prompt is None and model._prompt_logits is None
 
 
 def test_scored_selection_through_the_local_tier() -> None:

@@ -271,6 +271,10 @@ class LlamaCppModel:
         self._eos = {self.llm.token_eos()}
         self._nulls: tuple[list[int], int | None] | None = None
         self._string_closers: list[int] | None = None
+        # The prompt score_spans left in the KV cache (its tokens, prefix length and the logits
+        # of its last token), which the next _eval_prompt of that same prompt takes as is.
+        self._scored_prompt: tuple[list[int], int, Any] | None = None
+        self._prompt_logits: Any = None
         self._close: tuple[list[int], list[int], int | None] | None = None
         for tok, spelling in enumerate(self._spellings):
             # End-of-generation tokens are special ones (spelled behind 0xFF): asking llama.cpp
@@ -367,7 +371,10 @@ class LlamaCppModel:
         prompt_tokens = self._tokenize(prompt)
         threads, decode_threads = self._threads
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, decode_threads, threads)
-        self._eval_prompt(prompt_tokens, self._prefix_length(prompt_tokens, prefix), save_prefix)
+        prefix_len = self._prefix_length(prompt_tokens, prefix)
+        self._eval_prompt(prompt_tokens, prefix_len, save_prefix)
+        last_logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),)).copy()
         # What follows is a few tokens a step: like a decode step, cheaper on one thread's worth.
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, decode_threads, decode_threads)
         plen = len(prompt_tokens)
@@ -452,7 +459,8 @@ class LlamaCppModel:
                         continue
                     break
             results.append(FieldScores(null if query.nullable else None, spans))
-        llm.n_tokens = plen  # the prompt stays; the next decode re-evaluates only what differs
+        llm.n_tokens = plen  # the prompt stays: decoding the answer next starts from it
+        self._scored_prompt = (prompt_tokens, prefix_len, last_logits)
         return results, evaluated
 
     def _closing_quotes(self) -> list[int]:
@@ -524,6 +532,7 @@ class LlamaCppModel:
         # grammar-forced ones) is memory-bound work that more threads only slow down.
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, decode_threads, threads)
         prefix_source = self._eval_prompt(prompt_tokens, self._prefix_length(prompt_tokens, prefix), save_prefix)
+        pending, self._prompt_logits = self._prompt_logits, None  # the prompt's logits, when kept
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, decode_threads, decode_threads)
         matcher = None
         bitmask = None
@@ -569,12 +578,14 @@ class LlamaCppModel:
                         finish = "stop"
                         break
                     llm.eval(ff)
+                    pending = None
                     continue
             # llama-cpp-python 0.3.x no longer copies logits into `scores` unless
             # logits_all; read the last row straight from llama.cpp's buffer (no copy).
-            logits = np.ctypeslib.as_array(
+            logits = pending if pending is not None else np.ctypeslib.as_array(
                 llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)
             )
+            pending = None
             tok, chosen_lp = self._pick(logits, matcher, bitmask, null_penalty, guard, close_bias)
             if tok in self._eos:
                 finish = "stop"
@@ -691,6 +702,15 @@ class LlamaCppModel:
         Returns "memory", "disk", "evaluated" (then saved when the store is on), or "none".
         """
         llm = self.llm
+        scored, self._scored_prompt = self._scored_prompt, None
+        self._prompt_logits = None
+        if (scored is not None and scored[0] == prompt_tokens and scored[1] == prefix_len
+                and llm.n_tokens == len(prompt_tokens)):
+            # score_spans evaluated this very prompt just before, the way the lines below would
+            # (the prefix, then the rest in one go), and kept its KV cache: the answer decoded
+            # under the pinned constraint starts from it instead of evaluating the document again.
+            self._prompt_logits = scored[2]
+            return "memory"
         cached = llm.input_ids[: llm.n_tokens].tolist()
         keep = 0
         for a, b in zip(cached, prompt_tokens, strict=False):
