@@ -34,7 +34,9 @@ __all__ = [
     "auto_copy",
     "computed",
     "copy_paths",
+    "copy_setting",
     "copy_violations",
+    "span_alternatives",
     "span_occurrences",
     "strip_copy_marks",
     "word_spans",
@@ -127,6 +129,23 @@ def auto_copy(schema: dict[str, Any] | None, setting: bool | None) -> CopySettin
     if setting is not None or schema is None:
         return setting
     return None if COPY_KEY in json.dumps(schema) else "auto"
+
+
+def copy_setting(spec: Spec, setting: bool | None, generate: bool = False) -> CopySetting:
+    """Span-copy as a tier that can constrain values to spans decodes ``spec``: the user's
+    ``setting``, else the schema's marks, else every plain string of a schema that has no
+    marks (``auto_copy``). One rule for the local tier and the native tier on a server that
+    enforces the schema, so a schema is copied the same way wherever it is enforced.
+
+    Why by default: on schemas users wrote without patterns or flags, copying spans raised
+    zero-shot field F1 (benchmarks/zero_shot.py). Never when generating (``generate``): the
+    text is a request, and no value is in it to copy.
+    """
+    if generate:
+        return False
+    if not spec.is_json:
+        return setting
+    return auto_copy(spec.schema, setting)
 
 
 def _marked(schema: dict[str, Any], setting: CopySetting) -> bool:
@@ -290,6 +309,14 @@ def apply_span_copy(schema: dict[str, Any], text: str, setting: CopySetting = No
         return strip_copy_marks(schema)  # type: ignore[no-any-return]
     out["$defs"] = {**(out.get("$defs") or {}), **rewriter.defs}
     return out  # type: ignore[no-any-return]
+
+
+def span_alternatives(schema: dict[str, Any]) -> int:
+    """How many span values ``apply_span_copy`` put in ``schema``, over all its span lists:
+    what a server's grammar has to hold (each value is one alternative of a rule)."""
+    defs = schema.get("$defs") or {}
+    return sum(len(node.get("enum") or []) for name, node in defs.items()
+               if name.startswith(SPAN_DEF) and isinstance(node, dict))
 
 
 def squash_spaces(s: str) -> str:
