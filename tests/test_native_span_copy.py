@@ -127,3 +127,17 @@ def test_sent_schema_keeps_span_lists_to_the_json_object_schema_rung() -> None:
     # Generating an instance, nothing is copied (the text is a request): as on the local tier.
     generating = NativeTier(Settings.resolve(base_url="http://127.0.0.1:9/v1", generate=True))
     assert generating.sent_schema(spec, TEXT, "json_object_schema", meta) is None and meta == {}
+
+
+def test_a_schema_llama_cpp_cannot_parse_is_recorded_as_dropped(
+    proxy: FaultProxy, remote_settings: Callable[..., Settings]
+) -> None:
+    """Free strings bounded past 512 characters (a text over 512) convert to a GBNF that
+    llama.cpp's parser refuses: the request goes without a schema, and the attempt says so."""
+    proxy.configure(record=4)
+    text = TEXT + " " + " ".join(f"w{i}" for i in range(120))
+    assert len(text) > 512
+    attempt = run(remote_settings(copy_from_input=False), user_schema(), text)
+    assert attempt.meta["mode"] == "json_object_schema"
+    assert "refuses the converted schema" in attempt.meta["schema_dropped"]
+    assert proxy.requests()[-1]["response_format"] == {"type": "json_object"}
