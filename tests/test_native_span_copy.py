@@ -124,6 +124,11 @@ def test_sent_schema_keeps_span_lists_to_the_json_object_schema_rung() -> None:
     assert meta == {"span_copy_off": "not sent on the json_schema rung (only json_object + schema takes span lists)"}
     copied = tier.sent_schema(spec, TEXT, "json_object_schema", meta)
     assert copied is not None and "span_copy_off" not in meta and meta["span_copy"]["fields"] == 2
+    # copy_from_input=True copies every plain string, a computed one too (the user asked).
+    forced = NativeTier(Settings.resolve(base_url="http://127.0.0.1:9/v1", copy_from_input=True))
+    counted = compile_spec(user_schema(word_count={"type": "string", "description": "The number of words."}))
+    assert forced.sent_schema(counted, TEXT, "json_object_schema", meta) is not None
+    assert meta["span_copy"]["fields"] == 3
     # Generating an instance, nothing is copied (the text is a request): as on the local tier.
     generating = NativeTier(Settings.resolve(base_url="http://127.0.0.1:9/v1", generate=True))
     assert generating.sent_schema(spec, TEXT, "json_object_schema", meta) is None and meta == {}

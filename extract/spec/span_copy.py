@@ -5,8 +5,10 @@ model will happily write one that is not in the address. When the task is span e
 (every value is a piece of the text), the constraint can say so. ``apply_span_copy`` rewrites
 the local constraint, per input, so each marked string is one of the input's word spans (an
 ``enum`` behind one ``$ref``, which llguidance compiles once per input in milliseconds even
-for citation-length texts). Remote tiers cannot be constrained that way, so
-``copy_violations`` checks the same promise after the fact, as a validator.
+for citation-length texts). The native tier sends the same rewrite where the server enforces
+the schema by grammar (llama.cpp's ``json_object`` + schema; ``extract.tiers.native``). Other
+remote rungs and tiers cannot be constrained that way, so ``copy_violations`` checks the
+promise of marked strings after the fact, as a validator.
 
 Which strings are marked: a field whose schema carries ``"copy_from_input": true``
 (``Field(json_schema_extra={"copy_from_input": True})``), every plain string of a spec whose
@@ -124,8 +126,8 @@ def computed(description: Any) -> bool:
 
 
 def auto_copy(schema: dict[str, Any] | None, setting: bool | None) -> CopySetting:
-    """The span-copy setting the local tier decodes with: the user's, else the schema's marks
-    when it has any, else ``"auto"`` (every plain string not asking for a computed value)."""
+    """The span-copy setting a constraining tier decodes with: the user's, else the schema's
+    marks when it has any, else ``"auto"`` (every plain string not asking for a computed value)."""
     if setting is not None or schema is None:
         return setting
     return None if COPY_KEY in json.dumps(schema) else "auto"
