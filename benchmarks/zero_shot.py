@@ -3,6 +3,12 @@
     python benchmarks/zero_shot.py --rows tune --role dev --lever default --sample 30
     python benchmarks/zero_shot.py --rows report --role heldout --lever default --sample 60
     python benchmarks/zero_shot.py --table [--out DIR]          # print what is already run
+    python benchmarks/zero_shot.py --tier native --rows report --role heldout --lever nocopy --lever default
+
+``--tier native`` runs the native tier against the embedded model behind llama-cpp-python's
+server, started here on loopback (as ``benchmarks/grounding.py --tier native``), and writes
+under ``results/zero_shot/native`` unless ``--out`` says otherwise; its ``nocopy`` lever is
+span-copy off, ``default`` span-copy as shipped (sent where the server enforces the schema).
 
 The schemas are ``benchmarks/schema_variants.py``: four per dataset (usaddress, SNIPS
 AddToPlaylist and GetWeather, citations), written as users write them, with no patterns,
@@ -101,6 +107,7 @@ def mapped(value: Any, variant: Variant) -> Any:
 
 
 def record(extractor: Extractor, variant: Variant, lever: str, which: str, row: dict[str, Any]) -> dict[str, Any]:
+    """One scored row; a native row also says what the server was sent (rung, span-copy)."""
     gold = gold_for(variant, labels_of(row))
     started = time.perf_counter()
     result = extractor.run(str(row["text"]), variant.schema)
@@ -125,6 +132,9 @@ def record(extractor: Extractor, variant: Variant, lever: str, which: str, row: 
         "tokens": usage.input_tokens + usage.output_tokens, "output_tokens": usage.output_tokens,
         "seconds": round(seconds, 3),
         "raw": result.attempts[-1].raw if result.attempts else None,
+        **({key: result.attempts[-1].meta[key] for key in ("mode", "span_copy", "span_copy_off", "schema_dropped",
+                                                            "widened_for_server")
+            if key in result.attempts[-1].meta} if result.attempts and result.tier != "local" else {}),
     }
 
 
@@ -132,7 +142,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "rows.jsonl"
-    done = set()
+    done: set[tuple[str, ...]] = set()
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             r = json.loads(line)
@@ -140,10 +150,34 @@ def run(args: argparse.Namespace) -> None:
     chosen = [v for v in VARIANTS if (args.role == "all" or v.role == args.role)
               and (not args.variant or v.name in args.variant)
               and (not args.data or v.dataset in args.data)]
+    remote: dict[str, Any] = {}
+    server = None
+    if args.tier == "native":
+        from extract.providers.server import start_server
+
+        server = start_server(n_threads=args.threads, n_ctx=4096)
+        # A constrained call on a one-thread server on 2 shared cores can run past the default
+        # 30 s under load (benchmarks/grounding.py): the rows should measure the model.
+        remote = {"base_url": server.base_url, "timeout_s": 300.0, "breaker_threshold": 1000}
+    try:
+        _run_levers(args, chosen, path, done, remote)
+    finally:
+        if server is not None:
+            server.stop()
+    command = " ".join(["python", "benchmarks/zero_shot.py", *sys.argv[1:]])
+    log = out / "command.txt"
+    seen = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    if command not in seen:
+        log.write_text("".join(line + "\n" for line in [*seen, command]), encoding="utf-8")
+
+
+def _run_levers(args: argparse.Namespace, chosen: list[Variant], path: Path, done: set[tuple[str, ...]],
+                remote: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as sink:
         for lever in args.lever:
             for variant in chosen:
-                extractor = Extractor(tiers=["local"], cache=False, n_threads=args.threads, **LEVERS[lever])
+                extractor = Extractor(tiers=[args.tier], cache=False, n_threads=args.threads, **remote,
+                                      **LEVERS[lever])
                 started = time.perf_counter()
                 n = 0
                 for row in rows_for(variant, args.rows, args.seed)[: args.sample]:
@@ -157,11 +191,6 @@ def run(args: argparse.Namespace) -> None:
                     n += 1
                 print(f"{variant.name} {lever} {args.rows}: {n} new, {time.perf_counter() - started:.0f} s",
                       file=sys.stderr)
-    command = " ".join(["python", "benchmarks/zero_shot.py", *sys.argv[1:]])
-    log = out / "command.txt"
-    seen = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
-    if command not in seen:
-        log.write_text("".join(line + "\n" for line in [*seen, command]), encoding="utf-8")
 
 
 def _f1(tp: int, fp: int, fn: int) -> float:
@@ -244,10 +273,14 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=30, help="rows per variant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "zero_shot"))
+    parser.add_argument("--tier", choices=["local", "native"], default="local",
+                        help="native: the embedded model behind llama-cpp-python's server, started here")
+    parser.add_argument("--out", help="default: results/zero_shot (local), results/zero_shot/native (native)")
     parser.add_argument("--table", action="store_true", help="only print the table of what is already run")
     args = parser.parse_args()
     args.lever = args.lever or ["default"]
+    results = ROOT / "benchmarks" / "results" / "zero_shot"
+    args.out = args.out or str(results / "native" if args.tier == "native" else results)
     if not args.table:
         run(args)
     print(table(Path(args.out)))

@@ -206,6 +206,9 @@ def _widen_quoted(node: Any, path: str, paths: list[str]) -> None:
         node.pop("enum", None)
         node.pop("const", None)
         node["type"] = "string"
+        # Bounded by its longest value: an unbounded string lets a small model run to the
+        # token limit (a widened span list would otherwise lose the input's length bound).
+        node.setdefault("maxLength", max(len(v) for v in values if isinstance(v, str)))
         paths.append(path or "/")
     for key, value in node.items():
         if key not in ("enum", "const", "default", "examples"):

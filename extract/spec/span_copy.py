@@ -5,8 +5,10 @@ model will happily write one that is not in the address. When the task is span e
 (every value is a piece of the text), the constraint can say so. ``apply_span_copy`` rewrites
 the local constraint, per input, so each marked string is one of the input's word spans (an
 ``enum`` behind one ``$ref``, which llguidance compiles once per input in milliseconds even
-for citation-length texts). Remote tiers cannot be constrained that way, so
-``copy_violations`` checks the same promise after the fact, as a validator.
+for citation-length texts). The native tier sends the same rewrite where the server enforces
+the schema by grammar (llama.cpp's ``json_object`` + schema; ``extract.tiers.native``). Other
+remote rungs and tiers cannot be constrained that way, so ``copy_violations`` checks the
+promise of marked strings after the fact, as a validator.
 
 Which strings are marked: a field whose schema carries ``"copy_from_input": true``
 (``Field(json_schema_extra={"copy_from_input": True})``), every plain string of a spec whose
@@ -34,7 +36,9 @@ __all__ = [
     "auto_copy",
     "computed",
     "copy_paths",
+    "copy_setting",
     "copy_violations",
+    "span_alternatives",
     "span_forms",
     "span_occurrences",
     "strip_copy_marks",
@@ -176,11 +180,28 @@ def computed(description: Any) -> bool:
 
 
 def auto_copy(schema: dict[str, Any] | None, setting: bool | None) -> CopySetting:
-    """The span-copy setting the local tier decodes with: the user's, else the schema's marks
-    when it has any, else ``"auto"`` (every plain string not asking for a computed value)."""
+    """The span-copy setting a constraining tier decodes with: the user's, else the schema's
+    marks when it has any, else ``"auto"`` (every plain string not asking for a computed value)."""
     if setting is not None or schema is None:
         return setting
     return None if COPY_KEY in json.dumps(schema) else "auto"
+
+
+def copy_setting(spec: Spec, setting: bool | None, generate: bool = False) -> CopySetting:
+    """Span-copy as a tier that can constrain values to spans decodes ``spec``: the user's
+    ``setting``, else the schema's marks, else every plain string of a schema that has no
+    marks (``auto_copy``). One rule for the local tier and the native tier on a server that
+    enforces the schema, so a schema is copied the same way wherever it is enforced.
+
+    Why by default: on schemas users wrote without patterns or flags, copying spans raised
+    zero-shot field F1 (benchmarks/zero_shot.py). Never when generating (``generate``): the
+    text is a request, and no value is in it to copy.
+    """
+    if generate:
+        return False
+    if not spec.is_json:
+        return setting
+    return auto_copy(spec.schema, setting)
 
 
 def _marked(schema: dict[str, Any], setting: CopySetting) -> bool:
@@ -344,6 +365,14 @@ def apply_span_copy(schema: dict[str, Any], text: str, setting: CopySetting = No
         return strip_copy_marks(schema)  # type: ignore[no-any-return]
     out["$defs"] = {**(out.get("$defs") or {}), **rewriter.defs}
     return out  # type: ignore[no-any-return]
+
+
+def span_alternatives(schema: dict[str, Any]) -> int:
+    """How many span values ``apply_span_copy`` put in ``schema``, over all its span lists:
+    what a server's grammar has to hold (each value is one alternative of a rule)."""
+    defs = schema.get("$defs") or {}
+    return sum(len(node.get("enum") or []) for name, node in defs.items()
+               if name.startswith(SPAN_DEF) and isinstance(node, dict))
 
 
 def squash_spaces(s: str) -> str:

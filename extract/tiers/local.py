@@ -25,7 +25,7 @@ from extract.spec.compile import checked_after
 from extract.spec.enforceable import UNENFORCED_KEYS
 from extract.spec.grammar import object_lark
 from extract.spec.prompt import Example, build_messages, prompt_version, shared_prefix
-from extract.spec.span_copy import CopySetting, auto_copy, copy_paths
+from extract.spec.span_copy import CopySetting, copy_paths, copy_setting
 from extract.spec.span_guard import SpanGuard
 from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
 from extract.spec.span_select import Choice, decide, pin_constraint, pointer, queries_for
@@ -135,20 +135,11 @@ class LocalTier:
         return Constraint("json_schema", schema)
 
     def copy_setting(self, spec: Spec) -> CopySetting:
-        """Span-copy as this tier decodes ``spec``: the setting, else the schema's marks, else
-        every plain string of a schema that has no marks (``span_copy.auto_copy``).
-
-        Why by default: on schemas users wrote without patterns or flags, copying spans
-        raised zero-shot field F1 (benchmarks/zero_shot.py); remote tiers only check what the
-        setting or the schema's marks ask for. Never when generating (``Settings.generate``):
-        the text is a request, and no value is in it to copy.
-        """
-        if self.settings.generate:
-            return False
-        if not spec.is_json:
-            return self.settings.copy_from_input
-        if spec.digest not in self._copy:  # asked several times an attempt: read the schema once
-            self._copy[spec.digest] = auto_copy(spec.schema, self.settings.copy_from_input)
+        """Span-copy as this tier decodes ``spec`` (``span_copy.copy_setting``: the setting,
+        else the schema's marks, else every plain string of an unmarked schema; never when
+        generating), read once per spec: it is asked several times an attempt."""
+        if spec.digest not in self._copy:
+            self._copy[spec.digest] = copy_setting(spec, self.settings.copy_from_input, self.settings.generate)
         return self._copy[spec.digest]
 
     def guard_for(self, spec: Spec, text: str) -> SpanGuard | None:

@@ -24,10 +24,26 @@ every call is its own Attempt.
 A model with grammar fields (``Annotated[str, Grammar]``), on an endpoint whose ``gbnf`` rung
 is enforced, is sent as one GBNF (``object_gbnf``) instead of ``response_format``: the JSON
 and each top-level field's grammar together. Elsewhere the field is validated after, as before.
+
+Span-copy (``extract.spec.span_copy``) follows the local tier's rule (``copy_setting``: the
+setting, else the schema's marks, else every plain string of an unmarked schema that does not
+ask for a computed value), but only on the ``json_object`` + schema rung. That rung is
+llama.cpp's family: its server turns the schema into a grammar and enforces ``enum`` and
+``$ref``/``$defs`` token by token, so a value can only be one of the input's spans, which is
+what raised zero-shot F1 locally. The strict ``json_schema`` rung gets the free strings: OpenAI
+documents caps on enum values per schema (hundreds to about a thousand, and a total length)
+far below a citation's ~800 spans, and a refused schema would be read as a refused *mode* and
+step the endpoint down the ladder for good; servers that enforce strict schemas by grammar
+(vLLM) were not measured here. A span list too large for the server (``SERVER_MAX_SPANS``
+values, ``SERVER_MAX_SCHEMA_BYTES``) also falls back to the free strings, the reason in
+``meta["span_copy_off"]``: llama.cpp builds one grammar alternative per value, at about 1 ms
+each per request (measured with the embedded model on 2 cores). The answer is validated as
+before either way; ``meta["span_copy"]`` says when spans were sent.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from functools import partial
 from typing import Any
@@ -50,12 +66,21 @@ from extract.providers.openai_compat import (
 from extract.spec import Spec, local_constraint
 from extract.spec.gbnf import grammar_to_gbnf, object_gbnf, regex_to_gbnf
 from extract.spec.prompt import build_messages, prompt_version
+from extract.spec.span_copy import copy_paths, copy_setting, span_alternatives
 from extract.tiers.base import Spend, Task
 from extract.tiers.remote import EndpointTier, closed_schema, response_confidences, schema_name, usage_of
 from extract.types import Attempt, AttemptError, ModelInfo, Usage
 from extract.validate import Checked, check
 
-__all__ = ["NativeTier", "grammar_reask", "regex_reask"]
+__all__ = ["SERVER_MAX_SCHEMA_BYTES", "SERVER_MAX_SPANS", "NativeTier", "grammar_reask", "regex_reask"]
+
+# The most span values (over all span lists) one request carries, and the largest schema sent
+# with them. llama-cpp-python's server spent about 1 ms per value building and running the
+# grammar (measured, embedded model, 1 thread: +1.2 s at 1,600 values, +3 s at 3,200, ~8 s
+# at 4,000), and a gateway may cap request bodies (nginx's default is 1 MiB); past either,
+# the free strings are sent. A citation (~40 words) has ~800 spans; an address ~100.
+SERVER_MAX_SPANS = 2000
+SERVER_MAX_SCHEMA_BYTES = 256 * 1024
 
 # The reask restates what the language is; a grammar's whole text would crowd the context.
 _REASK_ABOUT_CHARS = 600
@@ -115,7 +140,8 @@ class NativeTier(EndpointTier):
         spec = task.spec
         if spec.kind in ("grammar", "regex"):
             return await self._grammar_attempts(task, endpoint)
-        schema = closed_schema(spec, task.text) if spec.is_json else None
+        # The free strings: what every rung but json_object + schema is sent (module docstring).
+        schema = closed_schema(spec, task.text, copy_from_input=False) if spec.is_json else None
         messages = build_messages(spec, task.text, task.examples, generate=self.settings.generate)
         budget = self.output_tokens(spec, task.text)
         rejected: list[dict[str, str]] = []
@@ -134,10 +160,15 @@ class NativeTier(EndpointTier):
                     mode: Mode = conn.state.ladder.current() if schema is not None else "prompt"
                     meta["mode"] = mode
                     sent = schema
-                    if mode == "json_object_schema" and schema is not None:
-                        sent, widened = server_safe_schema(schema)
+                    if schema is not None:
+                        sent = self.sent_schema(spec, task.text, mode, meta) or schema
+                    if mode == "json_object_schema" and sent is not None:
+                        sent, widened = server_safe_schema(sent)
                         if widened:
                             meta["widened_for_server"] = widened
+                        if sent is None:  # e.g. a string bound over 512: llama.cpp nests one rule per char
+                            meta["schema_dropped"] = "llama.cpp's grammar parser refuses the converted schema: " \
+                                "sent json_object without it"
                     fmt = (response_format_for(mode, sent, schema_name(spec)) if sent is not None
                            else response_format_for("json_object", {}, schema_name(spec))) if schema else None
                     call_started = time.perf_counter()
@@ -187,6 +218,44 @@ class NativeTier(EndpointTier):
             "wall_s": time.perf_counter() - started,
         })
         return [self._with_probe_usage(answered)]
+
+    def sent_schema(self, spec: Spec, text: str, mode: Mode,
+                    meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The span-copied schema this tier sends on ``mode`` for ``text``; None when the free
+        strings are sent instead (span-copy off for this spec, a rung that does not take span
+        lists, or lists too large for the server). ``meta`` gets ``span_copy`` (fields and
+        span values sent) or ``span_copy_off`` (why not, when span-copy was asked for)."""
+        if meta is not None:
+            meta.pop("span_copy", None)  # a rung stepped down from may have set them
+            meta.pop("span_copy_off", None)
+        if not spec.is_json or spec.schema is None:
+            return None
+        copy = copy_setting(spec, self.settings.copy_from_input, self.settings.generate)
+        paths = copy_paths(spec.schema, copy)
+        if not paths:
+            return None
+        off = None
+        copied: dict[str, Any] | None = None
+        spans = 0
+        if mode != "json_object_schema":
+            off = f"not sent on the {mode} rung (only json_object + schema takes span lists)"
+        else:
+            copied = closed_schema(spec, text, copy_from_input=copy, shapes=self.settings.infer_shapes)
+            spans = span_alternatives(copied)
+            size = len(json.dumps(copied, ensure_ascii=False).encode("utf-8"))
+            if spans == 0:
+                off = "no span of the text fits"
+            elif spans > SERVER_MAX_SPANS:
+                off = f"{spans} span values, over the server limit of {SERVER_MAX_SPANS}"
+            elif size > SERVER_MAX_SCHEMA_BYTES:
+                off = f"a {size}-byte schema, over the server limit of {SERVER_MAX_SCHEMA_BYTES}"
+        if off is not None:
+            if meta is not None:
+                meta["span_copy_off"] = off
+            return None
+        if meta is not None:
+            meta["span_copy"] = {"fields": len(paths), "spans": spans}
+        return copied
 
     async def _combined_call(self, conn: Connection, task: Task, model_name: str, messages: list[dict[str, str]],
                              budget: int, meta: dict[str, Any], rejected: list[dict[str, str]]) -> Any:

@@ -18,6 +18,7 @@ from extract.providers.openai_compat import Connection, Endpoint, attempt_error
 from extract.settings import Settings
 from extract.spec import Spec, ensure_supported, local_constraint
 from extract.spec.prompt import PROMPT_VERSION
+from extract.spec.span_copy import CopySetting
 from extract.spec.span_order import span_violations
 from extract.tiers.base import Spend, Task, output_token_limit, split_tier_name
 from extract.types import Attempt, ModelInfo, Usage
@@ -31,9 +32,12 @@ __all__ = ["EndpointTier", "closed_schema", "response_confidences", "schema_name
 _MAX_REMOTE_TOKENS = 1024
 
 
-def closed_schema(spec: Spec, text: str) -> dict[str, Any]:
-    """The spec's schema, closed and bounded for this input, without llguidance's own key."""
-    schema: dict[str, Any] = json.loads(local_constraint(spec, text))
+def closed_schema(spec: Spec, text: str, copy_from_input: CopySetting = None, shapes: bool = False) -> dict[str, Any]:
+    """The spec's schema, closed and bounded for this input, without llguidance's own key.
+
+    ``copy_from_input`` and ``shapes`` are ``local_constraint``'s: the default copies only the
+    strings the schema marks; the native tier passes its own choice (``NativeTier``)."""
+    schema: dict[str, Any] = json.loads(local_constraint(spec, text, copy_from_input=copy_from_input, shapes=shapes))
     schema.pop("x-guidance", None)
     if "grammar_field" in spec.features:
         _drop_key(schema, "x-grammar")  # a server cannot enforce it; validation parses the field
