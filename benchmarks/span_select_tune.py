@@ -1,7 +1,7 @@
 """Tune scored span selection's decision on the dev variants' tune rows, without re-decoding.
 
     python benchmarks/span_select_tune.py score --sample 20 [--variant V ...]   # the model's scores
-    python benchmarks/span_select_tune.py sweep                                  # F1 per rank x null bias
+    python benchmarks/span_select_tune.py sweep [--sample N] [--out FILE]        # F1 per rank x null bias
 
 ``score`` runs the product's ``LlamaCppModel.score_spans`` on each record (the prompt and
 candidates exactly as the local tier builds them) and stores every field's scores in
@@ -88,6 +88,13 @@ def replay(queries: list[SpanQuery], scores: list[FieldScores], text: str, bias:
 
 def sweep(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in Path(args.out).open()]
+    seen: dict[str, int] = defaultdict(int)
+    kept = []
+    for r in rows:  # the first --sample rows of each variant: files scored to different depths compare alike
+        seen[r["variant"]] += 1
+        if seen[r["variant"]] <= args.sample:
+            kept.append(r)
+    rows = kept
     results: dict[str, dict[tuple[str, float], list[tuple[int, int, int]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         queries = queries_for(json.loads(r["constraint"]), r["text"], trim_edges=r.get("trim_edges", False))
@@ -115,7 +122,7 @@ def main() -> None:
     parser.add_argument("command", choices=["score", "sweep"])
     parser.add_argument("--variant", action="append")
     parser.add_argument("--rows", default="tune", choices=["tune", "report"])
-    parser.add_argument("--sample", type=int, default=20)
+    parser.add_argument("--sample", type=int, default=20, help="rows per variant (score: to score; sweep: to replay)")
     parser.add_argument("--null-bias", type=float, default=None,
                         help="score: stop following spans below null + this (None: follow all)")
     parser.add_argument("--no-trim", action="store_true",
