@@ -170,10 +170,16 @@ def test_the_answer_after_scoring_starts_from_the_scored_prompt_and_equals_a_fre
     model.generate(model.render(build_messages(spec, "Room 12, Oslo")), grammar, 8, prefix=prefix)
     fresh = model.generate(prompt, grammar, 64, prefix=prefix)
     assert (kept.text, kept.token_logprobs) == (fresh.text, fresh.token_logprobs)
+    # ...also when the same prompt was scored twice (the second scoring starts from the kept
+    # prompt and must keep its logits, not the context's last scored span's)...
+    model.score_spans(prompt, queries, prefix, null_bias=-4.0)
+    model.score_spans(prompt, queries, prefix, null_bias=-4.0)
+    twice = model.generate(prompt, grammar, 64, prefix=prefix)
+    assert (twice.text, twice.token_logprobs) == (fresh.text, fresh.token_logprobs)
     # ...and the kept prompt is taken once only: a second decode of it evaluates it again.
     model.score_spans(prompt, queries, prefix, null_bias=-4.0)
     model.generate(prompt, grammar, 8, prefix=prefix)
-    assert model._scored_prompt is None and model._prompt_logits is None
+    assert model._scored_prompt is None
 
 
 def test_scored_selection_through_the_local_tier() -> None:

@@ -274,7 +274,6 @@ class LlamaCppModel:
         # The prompt score_spans left in the KV cache (its tokens, prefix length and the logits
         # of its last token), which the next _eval_prompt of that same prompt takes as is.
         self._scored_prompt: tuple[list[int], int, Any] | None = None
-        self._prompt_logits: Any = None
         self._close: tuple[list[int], list[int], int | None] | None = None
         for tok, spelling in enumerate(self._spellings):
             # End-of-generation tokens are special ones (spelled behind 0xFF): asking llama.cpp
@@ -372,8 +371,8 @@ class LlamaCppModel:
         threads, decode_threads = self._threads
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, decode_threads, threads)
         prefix_len = self._prefix_length(prompt_tokens, prefix)
-        self._eval_prompt(prompt_tokens, prefix_len, save_prefix)
-        last_logits = np.ctypeslib.as_array(
+        _, kept = self._eval_prompt(prompt_tokens, prefix_len, save_prefix)
+        last_logits = kept if kept is not None else np.ctypeslib.as_array(
             llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),)).copy()
         # What follows is a few tokens a step: like a decode step, cheaper on one thread's worth.
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, decode_threads, decode_threads)
@@ -531,8 +530,9 @@ class LlamaCppModel:
         # The prompt is evaluated on every core; what follows (one token, or a short run of
         # grammar-forced ones) is memory-bound work that more threads only slow down.
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, decode_threads, threads)
-        prefix_source = self._eval_prompt(prompt_tokens, self._prefix_length(prompt_tokens, prefix), save_prefix)
-        pending, self._prompt_logits = self._prompt_logits, None  # the prompt's logits, when kept
+        # pending: the prompt's last logits when kept by score_spans (the context holds others).
+        prefix_source, pending = self._eval_prompt(prompt_tokens, self._prefix_length(prompt_tokens, prefix),
+                                                   save_prefix)
         llama_cpp.llama_set_n_threads(llm._ctx.ctx, decode_threads, decode_threads)
         matcher = None
         bitmask = None
@@ -690,7 +690,8 @@ class LlamaCppModel:
             n += 1
         return min(n, len(prompt_tokens) - 1)  # evaluate at least one token for logits
 
-    def _eval_prompt(self, prompt_tokens: list[int], prefix_len: int = 0, save: bool = True) -> str:
+    def _eval_prompt(self, prompt_tokens: list[int], prefix_len: int = 0,
+                     save: bool = True) -> tuple[str, Any]:
         """Evaluate the prompt, reusing a KV cache for its shared prefix; says where that came from.
 
         Prompts for one spec share the instructions and differ only in the document at the
@@ -699,18 +700,19 @@ class LlamaCppModel:
         what a fresh evaluation computes. With a prefix given, the KV cache is either the whole
         prefix (from memory, or loaded from the prefix store) or rebuilt from nothing, and the
         rest is always evaluated in one go: a value never depends on what ran before it.
-        Returns "memory", "disk", "evaluated" (then saved when the store is on), or "none".
+        Returns "memory", "disk", "evaluated" (then saved when the store is on), or "none", and
+        the logits of the prompt's last token when score_spans kept them (the prompt was not
+        evaluated again, so the context's last row is some scored span's), else None: read the
+        context's.
         """
         llm = self.llm
         scored, self._scored_prompt = self._scored_prompt, None
-        self._prompt_logits = None
         if (scored is not None and scored[0] == prompt_tokens and scored[1] == prefix_len
                 and llm.n_tokens == len(prompt_tokens)):
             # score_spans evaluated this very prompt just before, the way the lines below would
             # (the prefix, then the rest in one go), and kept its KV cache: the answer decoded
             # under the pinned constraint starts from it instead of evaluating the document again.
-            self._prompt_logits = scored[2]
-            return "memory"
+            return "memory", scored[2]
         cached = llm.input_ids[: llm.n_tokens].tolist()
         keep = 0
         for a, b in zip(cached, prompt_tokens, strict=False):
@@ -721,7 +723,7 @@ class LlamaCppModel:
             keep = min(keep, len(prompt_tokens) - 1)  # evaluate at least one token for logits
             llm.n_tokens = keep  # eval() drops the KV cache past n_tokens
             llm.eval(prompt_tokens[keep:])
-            return "none"
+            return "none", None
         prefix = prompt_tokens[:prefix_len]
         source = "memory"
         if keep < prefix_len:
@@ -733,7 +735,7 @@ class LlamaCppModel:
                     self._save_prefix(prefix)
         llm.n_tokens = prefix_len
         llm.eval(prompt_tokens[prefix_len:])
-        return source
+        return source, None
 
     def _load_prefix(self, prefix: list[int]) -> bool:
         """Put the stored KV state of ``prefix`` into sequence 0; False when none is usable."""
