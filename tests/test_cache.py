@@ -23,7 +23,15 @@ from pydantic import BaseModel, Field
 
 from extract import ConfigError, Extractor, extract_many
 from extract.providers.server import free_port
-from extract.runtime.cache import NEUTRAL_SETTINGS, cache_key, model_identity
+from extract.runtime import cache as cache_module
+from extract.runtime.cache import (
+    NEUTRAL_SETTINGS,
+    PACKAGE_ROOT,
+    cache_key,
+    code_digest,
+    model_identity,
+    source_digest,
+)
 from extract.spec import compile_spec
 from extract.testing.fault_proxy import FaultProxy
 
@@ -137,6 +145,23 @@ def test_key_covers_what_changes_output_and_nothing_else(tmp_path: Path) -> None
     }
     assert len({same, *changed.values()}) == len(changed) + 1, changed
     assert {"timeout_s", "api_key", "cache_dir"} <= NEUTRAL_SETTINGS
+
+
+def test_a_change_to_the_rules_changes_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A span-form rule edited without a prompt-version bump must not be served old results."""
+    copy = tmp_path / "extract"
+    shutil.copytree(PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert source_digest(copy) == code_digest()
+    rules = copy / "spec" / "span_copy.py"
+    rules.write_text(rules.read_text(encoding="utf-8") + "\n# a changed rule\n", encoding="utf-8")
+    edited = source_digest(copy)
+    (copy / "spec" / "new_rules.py").write_text("", encoding="utf-8")
+    assert len({code_digest(), edited, source_digest(copy)}) == 3
+    spec = compile_spec(CITY)
+    extractor = Extractor(tiers=["native"], base_url="http://127.0.0.1:9/v1", model="m", cache_dir=tmp_path)
+    before = asyncio.run(_key(extractor, spec, "I live in Oslo."))
+    monkeypatch.setattr(cache_module, "code_digest", lambda: edited)
+    assert asyncio.run(_key(extractor, spec, "I live in Oslo.")) != before
 
 
 def test_local_model_key_names_the_weights(tmp_path: Path) -> None:

@@ -3,10 +3,12 @@
 A key is the SHA-256 of everything that can change an extraction's output: the spec's
 canonical form (its digest, and the class name of a Pydantic spec, whose validators are code),
 the text, the tier chain, each model's identity (the weights' digest for a local model, the
-endpoint and the model it serves for a remote one), the prompt versions, the sampling
-parameters, the worked-examples pool and every setting that is not known to be output-neutral
-(a new setting is in the key until it is listed in ``NEUTRAL_SETTINGS``: a needless miss is
-cheap, a wrong hit is not).
+endpoint and the model it serves for a remote one), the prompt versions, the digest of the
+package's own code (``code_digest``: the rules that build constraints, prompts and repairs
+change outputs without a prompt version being bumped), the sampling parameters, the
+worked-examples pool and every setting that is not known to be output-neutral (a new setting
+is in the key until it is listed in ``NEUTRAL_SETTINGS``: a needless miss is cheap, a wrong
+hit is not).
 
 Only successful Results are stored, as JSON (never pickle: a shared Redis must not be able to
 run code in its readers). A hit issues no model call; it comes back as a Result with
@@ -22,6 +24,7 @@ no concrete tier and not the pipeline.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -39,8 +42,8 @@ from extract.spec.prompt import GENERATE_PROMPT_VERSION, PROMPT_VERSION, REPAIR_
 from extract.tiers.base import Tier
 from extract.types import Attempt, Result
 
-__all__ = ["NEUTRAL_SETTINGS", "CacheLookup", "ResultStore", "cache_key", "lookup", "model_identity", "open_store",
-           "result_from_json", "result_to_json"]
+__all__ = ["NEUTRAL_SETTINGS", "CacheLookup", "ResultStore", "cache_key", "code_digest", "lookup", "model_identity",
+           "open_store", "result_from_json", "result_to_json", "source_digest"]
 
 # Bump when the stored form or the key's recipe changes: old entries then simply miss.
 CACHE_FORMAT = "extract-cache-v1"
@@ -131,6 +134,31 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+# The package whose code decides what an extraction returns.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def code_digest() -> str:
+    """The digest of this installed package's code (``source_digest`` of it, once per process).
+
+    Why: a change to how a constraint, a span form or a repair is built changes outputs, and
+    a prompt version is bumped by hand only for prompt text; a cached result from the old rules
+    would then be served as if the new ones made it. Keying on the code itself makes every
+    installed version (and every edit of a working copy) its own cache, at the price of a
+    miss after an upgrade."""
+    return source_digest(PACKAGE_ROOT)
+
+
+def source_digest(root: Path) -> str:
+    """SHA-256 over every Python source file under ``root`` (relative path and bytes, by path)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 async def model_identity(tiers: Sequence[Tier]) -> list[Any]:
     """Which model each tier of the chain runs, as the tier declares it (``Tier.identity``)."""
     return [[tier.name, "unavailable"] if tier.unavailable() is not None else await tier.identity()
@@ -151,6 +179,7 @@ async def cache_key(spec: Spec, text: str, *, settings: Settings, tiers: Sequenc
         "tiers": [tier.name for tier in tiers],
         "models": await model_identity(tiers),
         "prompts": [PROMPT_VERSION, REPAIR_PROMPT_VERSION, GENERATE_PROMPT_VERSION],
+        "code": code_digest(),
         "sampling": SAMPLING,
         "examples": examples,
         "settings": kept,
