@@ -103,10 +103,8 @@ def test_a_long_document_falls_back_to_free_strings_with_the_reason(
     proxy: FaultProxy, remote_settings: Callable[..., Settings]
 ) -> None:
     proxy.configure(record=4)
-    # 100 more distinct words: over 2,000 spans, past what one request may carry (and under
-    # 512 characters: past that llama.cpp cannot take even the free strings' length bound).
+    # 100 more distinct words: over 2,000 spans, past what one request may carry.
     text = TEXT + " " + " ".join(f"w{i}" for i in range(100))
-    assert len(text) < 512
     attempt = run(remote_settings(), user_schema(), text)
     assert attempt.meta["mode"] == "json_object_schema"
     assert "span_copy" not in attempt.meta
@@ -134,15 +132,34 @@ def test_sent_schema_keeps_span_lists_to_the_json_object_schema_rung() -> None:
     assert generating.sent_schema(spec, TEXT, "json_object_schema", meta) is None and meta == {}
 
 
-def test_a_schema_llama_cpp_cannot_parse_is_recorded_as_dropped(
+def test_a_long_document_keeps_its_schema_with_the_long_bounds_dropped(
     proxy: FaultProxy, remote_settings: Callable[..., Settings]
 ) -> None:
-    """Free strings bounded past 512 characters (a text over 512) convert to a GBNF that
-    llama.cpp's parser refuses: the request goes without a schema, and the attempt says so."""
+    """Free strings are bounded by the input (1,024 characters for a text over 512), and
+    llama.cpp's parser refuses a repetition over 1,000: the bounds go, the schema stays
+    enforced, and the attempt says which bounds were dropped (it used to send no schema)."""
     proxy.configure(record=4)
     text = TEXT + " " + " ".join(f"w{i}" for i in range(120))
     assert len(text) > 512
     attempt = run(remote_settings(copy_from_input=False), user_schema(), text)
+    assert attempt.meta["mode"] == "json_object_schema" and "schema_dropped" not in attempt.meta
+    assert attempt.meta["widened_for_server"] == ["/properties/person", "/properties/city"]
+    schema = sent(proxy, "json_object_schema")
+    assert schema["required"] == ["person", "city"] and schema["additionalProperties"] is False
+    assert all("maxLength" not in node for node in schema["properties"].values())
+    assert attempt.ok, attempt.error  # the server enforced it: both keys, strings
+    assert set(attempt.value) == {"person", "city"}
+
+
+def test_a_schema_llama_cpp_cannot_parse_is_recorded_as_dropped(
+    proxy: FaultProxy, remote_settings: Callable[..., Settings]
+) -> None:
+    """A pattern repeating past 1,000 converts to a GBNF that llama.cpp's parser refuses, and
+    no widening mends it: the request goes without a schema, and the attempt says so."""
+    proxy.configure(record=4)
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[a-z]{1,2000}$"}},
+              "required": ["code"]}
+    attempt = run(remote_settings(copy_from_input=False), schema)
     assert attempt.meta["mode"] == "json_object_schema"
     assert "refuses the converted schema" in attempt.meta["schema_dropped"]
     assert proxy.requests()[-1]["response_format"] == {"type": "json_object"}

@@ -161,6 +161,12 @@ def gbnf_refusal(gbnf: str) -> str | None:
     return None
 
 
+# The longest repetition (a string's maxLength, a list's maxItems) llama.cpp's grammar parser
+# takes from llama-cpp-python's schema converter: 1,000 parses, 1,001 and over are refused
+# (measured, llama-cpp-python 0.3.36; the converter nests one optional rule per repetition).
+SERVER_MAX_REPEAT = 1000
+
+
 def server_safe_schema(schema: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
     """The schema as llama-cpp-python's server can take it with ``json_object``, and what was widened.
 
@@ -168,9 +174,13 @@ def server_safe_schema(schema: dict[str, Any]) -> tuple[dict[str, Any] | None, l
     double quote inside an ``enum`` or ``const`` string unescaped; the grammar does not parse
     and the server process dies (segmentation fault, measured: a span-copy enum holding a
     quoted title). The same converter runs here and llama.cpp's parser checks its output
-    (``gbnf_refusal``). A refused schema has each enum/const holding such a string widened to a
-    plain string (the value is still validated after); (None, paths) when even that does not
-    parse, and the caller sends ``json_object`` without a schema.
+    (``gbnf_refusal``). A refused schema is widened until it parses, the value still being
+    validated after: first each enum/const holding such a string becomes a plain string; then
+    each length or count bound over ``SERVER_MAX_REPEAT`` is dropped (the converter nests one
+    rule per repetition and the parser refuses the depth: a free string bounded by the input's
+    length, 1,024 characters for any text over 512, took the whole schema off every longer
+    document). (None, paths) when even that does not parse, and the caller sends
+    ``json_object`` without a schema.
     """
     try:
         from llama_cpp.llama_grammar import json_schema_to_gbnf
@@ -191,7 +201,30 @@ def server_safe_schema(schema: dict[str, Any]) -> tuple[dict[str, Any] | None, l
     _widen_quoted(widened, "", paths)
     if paths and not refused(widened):
         return widened, paths
+    quoted = len(paths)
+    _drop_long_bounds(widened, "", paths)
+    if len(paths) > quoted and not refused(widened):
+        return widened, paths
     return None, paths
+
+
+def _drop_long_bounds(node: Any, path: str, paths: list[str]) -> None:
+    """Drop every ``maxLength``/``maxItems`` over ``SERVER_MAX_REPEAT``, in place, noting where."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _drop_long_bounds(item, f"{path}/{i}", paths)
+        return
+    if not isinstance(node, dict):
+        return
+    long = [k for k in ("maxLength", "maxItems")
+            if isinstance(node.get(k), int) and not isinstance(node.get(k), bool) and node[k] > SERVER_MAX_REPEAT]
+    for key in long:
+        del node[key]
+    if long:
+        paths.append(path or "/")
+    for key, value in node.items():
+        if key not in ("enum", "const", "default", "examples"):
+            _drop_long_bounds(value, f"{path}/{key}", paths)
 
 
 def _widen_quoted(node: Any, path: str, paths: list[str]) -> None:

@@ -166,7 +166,7 @@ class NativeTier(EndpointTier):
                         sent, widened = server_safe_schema(sent)
                         if widened:
                             meta["widened_for_server"] = widened
-                        if sent is None:  # e.g. a string bound over 512: llama.cpp nests one rule per char
+                        if sent is None:  # e.g. a pattern repeating over 1,000 times: one rule each
                             meta["schema_dropped"] = "llama.cpp's grammar parser refuses the converted schema: " \
                                 "sent json_object without it"
                     fmt = (response_format_for(mode, sent, schema_name(spec)) if sent is not None
