@@ -133,6 +133,14 @@ class Settings(BaseSettings):
         "field at a time, gives null far more weight than a value; tuned on the dev variants of "
         "benchmarks/zero_shot.py.",
     )
+    span_select_pmi: float = Field(
+        default=0.0,
+        description="Scored span selection: weight of the domain-conditional PMI correction. Each "
+        "span's score is lowered by this times its score under a question naming no field (asked "
+        "once per document), and null's by this times that question's null, so a short or "
+        "frequent span does not win a field for that alone. 0 turns it off (the neutral question "
+        "is then not asked).",
+    )
     infer_shapes: bool = Field(
         default=True,
         description="Local tier, span-copied strings without a pattern: keep only the input's spans "
