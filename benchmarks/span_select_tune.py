@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections import defaultdict
@@ -78,6 +79,36 @@ def score(args: argparse.Namespace) -> None:
                 sink.flush()
 
 
+def prior(args: argparse.Namespace) -> None:
+    """Add to each stored row the spans' scores after the prompt with no document (``--neutral``
+    lead, every span some field scored): the surface prior a PMI correction would subtract
+    instead of the document's neutral question. Written to ``--prior-out``."""
+    from extract.providers.local_model import _neutral_query, load_local_model
+    from extract.settings import Settings
+    from extract.spec.compile import compile_spec
+    from extract.spec.prompt import build_messages, shared_prefix
+
+    settings = Settings(tiers=["local"], cache=False)
+    model: Any = load_local_model(settings)
+    by_name = {v.name: v for v in VARIANTS}
+    out = Path(args.prior_out)
+    done = {(json.loads(line)["variant"], json.loads(line)["id"]) for line in out.open()} if out.exists() else set()
+    with out.open("a", encoding="utf-8") as sink:
+        for line in Path(args.out).open():
+            r = json.loads(line)
+            if (r["variant"], r["id"]) in done:
+                continue
+            spec = compile_spec(by_name[r["variant"]].schema)
+            queries = queries_for(json.loads(r["constraint"]), r["text"], trim_edges=r.get("trim_edges", False))
+            query = _neutral_query(args.neutral, queries, [parse(x) for x in r["scores"]])
+            empty = model.render(build_messages(spec, ""))
+            got, _, tokens = model.score_spans(empty, [query], shared_prefix(model.render, spec), margin=math.inf)
+            r["prior"] = [got[0].null, {f"{a},{b}": x for (a, b), x in got[0].spans.items()}]
+            r["prior_tokens"] = tokens
+            sink.write(json.dumps(r, ensure_ascii=False) + "\n")
+            sink.flush()
+
+
 def replay(queries: list[SpanQuery], scores: list[FieldScores], text: str, bias: float, rank: Rank,
            **adjust: Any) -> dict[str, Any]:
     """The product's joint decision under ``rank`` (and ``decide``'s PMI / length bonus
@@ -126,6 +157,34 @@ def sweep_pmi(rows: list[dict[str, Any]]) -> None:
                 for null in (True, False):
                     settings.append((f"pmi{lam:g}{'' if null else 'x'}{tag} b{bias:g}",
                                      {"pmi": lam, "pmi_null": null}, bias, margin, bias + below))
+    # Clipped PMI: a span's neutral score taken as at least the neutral null + clip, so a span the
+    # neutral question finds very unlikely ("in", "the") is not rewarded for it, only a span it
+    # likes (a year, a frequent name) penalised.
+    for wide in (False, True):
+        margin, below = (6.0, -6.0) if wide else (4.0, 0.0)
+        for clip in (-8.0, -4.0, -2.0, 0.0):
+            for lam in (0.5, 1.0):
+                for bias in (-4.0, -2.0, 0.0):
+                    settings.append((f"clip{clip:g} pmi{lam:g}{'w' if wide else ''} b{bias:g}",
+                                     {"pmi": lam, "clip": clip}, bias, margin, bias + below))
+    for beta in (0.25, 0.75):
+        for bias in (-5.0, -4.0, -3.0):
+            settings.append((f"len{beta:g}w b{bias:g}", {"length_bonus": beta}, bias, 6.0, bias - 6.0))
+    for m in (5.0, 8.0):
+        settings.append((f"len0.5m{m:g} b-4", {"length_bonus": 0.5}, -4.0, m, -4.0 - m))
+    if all("prior" in r for r in rows):  # PMI against the no-document prior (``prior``)
+        for lam in (0.05, 0.1, 0.2, 0.3):
+            for bias in (-6.0, -4.0, -2.0):
+                for wide in (False, True):
+                    margin, below = (6.0, -6.0) if wide else (4.0, 0.0)
+                    settings.append((f"prior{lam:g}{'w' if wide else ''} b{bias:g}",
+                                     {"pmi": lam, "prior": True}, bias, margin, bias + below))
+    settings.append(("offw b-4", {}, -4.0, 6.0, -10.0))
+    # The scorer's pruning under the length bonus: margin below the best, floor below null + bias.
+    for margin, below in ((4.0, 0.0), (5.0, 0.0), (6.0, 0.0), (5.0, -2.0), (6.0, -2.0), (6.0, -4.0), (5.0, -5.0)):
+        for beta in (0.5, 0.75):
+            settings.append((f"len{beta:g} m{margin:g}f{below:g} b-4", {"length_bonus": beta},
+                             -4.0, margin, -4.0 + below))
     results: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         queries = queries_for(json.loads(r["constraint"]), r["text"], trim_edges=r.get("trim_edges", False))
@@ -133,9 +192,15 @@ def sweep_pmi(rows: list[dict[str, Any]]) -> None:
         neutral = parse(r["neutral"])
         for label, adjust, bias, margin, floor in settings:
             kept = [pruned(s, margin, floor) for s in scores]
+            adjust = dict(adjust)
+            clip = adjust.pop("clip", None)
+            seen = parse(r["prior"]) if adjust.pop("prior", False) else neutral
+            if clip is not None and neutral.null is not None:
+                least = neutral.null + clip
+                seen = FieldScores(neutral.null, {k: max(v, least) for k, v in neutral.spans.items()})
             results[label][r["variant"]].append(field_counts(
                 replay(queries, kept, r["text"], bias, "share",
-                       **({"neutral": neutral} if "pmi" in adjust else {}), **adjust), r["gold"]))
+                       **({"neutral": seen} if "pmi" in adjust else {}), **adjust), r["gold"]))
     variants = list(next(iter(results.values())))
     print("| setting | " + " | ".join(variants) + " | mean | worst |")
     print("|---" * (len(variants) + 3) + "|")
@@ -180,7 +245,7 @@ def sweep(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["score", "sweep"])
+    parser.add_argument("command", choices=["score", "prior", "sweep"])
     parser.add_argument("--variant", action="append")
     parser.add_argument("--rows", default="tune", choices=["tune", "report"])
     parser.add_argument("--sample", type=int, default=20, help="rows per variant (score: to score; sweep: to replay)")
@@ -195,8 +260,9 @@ def main() -> None:
     parser.add_argument("--no-trim", action="store_true",
                         help="score: candidates only as written (no spans shed of enclosing punctuation)")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--prior-out", help="prior: where to write the rows with the no-document scores")
     args = parser.parse_args()
-    score(args) if args.command == "score" else sweep(args)
+    {"score": score, "prior": prior, "sweep": sweep}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,13 @@ class Settings(BaseSettings):
         "field at a time, gives null far more weight than a value; tuned on the dev variants of "
         "benchmarks/zero_shot.py.",
     )
+    span_select_length_bonus: float = Field(
+        default=0.0,
+        description="Scored span selection: added to a span's log-probability per word it holds. "
+        "The model's likelihood falls with every token, so a year beats a whole date and a first "
+        "author the author list; the bonus offsets that (benchmarks/span_select_tune.py). 0 turns "
+        "it off.",
+    )
     span_select_pmi: float = Field(
         default=0.0,
         description="Scored span selection: weight of the domain-conditional PMI correction. Each "

@@ -253,6 +253,10 @@ def test_pmi_corrects_a_short_frequent_span_and_off_is_the_plain_decision() -> N
     # is below the corrected null's -3 + 6 - 4).
     strong = FieldScores(-6.0, {year: -4.0, date: -9.0, noon: -0.2})
     assert decide(queries, scores, text, null_bias=-4.0, neutral=strong, pmi=1.0)[("place",)].value is None
+    # The per-word length bonus: 4 words at 1 nat each lift the date (-5 + 4) over the year (-3 + 1).
+    longer = decide(queries, scores, text, null_bias=-4.0, length_bonus=1.0)
+    assert longer[("due",)].value == "November the 7th, 2024" and longer[("place",)].value == "noon"
+    assert decide(queries, scores, text, null_bias=-4.0, length_bonus=0.5)[("due",)].value == "2024"
     # A span the neutral question did not score is not taken under the correction.
     partial = FieldScores(-2.0, {year: -4.0, noon: -1.0})
     assert decide(queries, scores, text, null_bias=-4.0, neutral=partial, pmi=1.0)[("due",)].value == "2024"
@@ -289,15 +293,22 @@ def test_the_neutral_question_is_asked_once_over_every_scored_span() -> None:
     assert with_neutral - plain == len(as_null) + (len(as_string) - shared) + spans
 
 
-def test_the_pmi_knob_through_the_local_tier() -> None:
+def test_the_adjustment_knobs_through_the_local_tier() -> None:
     text = "Ship to 2260 Peachtree Rd, Atlanta GA 30309 before Friday."
-    off = Extractor(tiers=["local"], cache=False, span_select="scored", span_select_pmi=0.0).run(text, USER)
-    on = Extractor(tiers=["local"], cache=False, span_select="scored", span_select_pmi=1.0).run(text, USER)
-    assert off.ok and on.ok
-    assert "pmi" not in off.attempts[-1].meta["span_select"]
-    assert on.attempts[-1].meta["span_select"]["pmi"] == 1.0
-    # The neutral question costs tokens, counted as input.
-    assert on.attempts[-1].meta["span_select"]["scored_tokens"] > off.attempts[-1].meta["span_select"]["scored_tokens"]
+
+    def run(**knobs: float) -> Any:
+        return Extractor(tiers=["local"], cache=False, span_select="scored", **knobs).run(text, USER)
+
+    off = run(span_select_pmi=0.0, span_select_length_bonus=0.0)
+    on = run(span_select_pmi=1.0, span_select_length_bonus=0.0)
+    longer = run(span_select_pmi=0.0, span_select_length_bonus=0.5)
+    assert off.ok and on.ok and longer.ok
+    meta = [r.attempts[-1].meta["span_select"] for r in (off, on, longer)]
+    assert "pmi" not in meta[0] and "length_bonus" not in meta[0]
+    assert meta[1]["pmi"] == 1.0 and meta[2]["length_bonus"] == 0.5
+    # The neutral question, and following spans further, cost tokens, counted as input.
+    assert meta[1]["scored_tokens"] > meta[0]["scored_tokens"]
+    assert meta[2]["scored_tokens"] > meta[0]["scored_tokens"]
     # Off is the decision without the neutral question: the same values the scorer and decide give.
     settings = Settings(tiers=["local"], cache=False)
     model = load_local_model(settings)

@@ -32,8 +32,8 @@ from extract.spec.span_copy import MAX_SPANS, SPAN_DEF, span_occurrences
 from extract.types import FieldScores, SpanQuery, SpanStart
 
 __all__ = [
+    "ADJUSTED_MARGIN",
     "NEUTRAL_LEAD",
-    "PMI_MARGIN",
     "Choice",
     "adjusted",
     "decide",
@@ -50,10 +50,11 @@ _REF = "#/$defs/"
 # a key any schema could have, so a span's score after it is what the model would write for
 # this document whatever was asked.
 NEUTRAL_LEAD = '{"value":'
-# How far below a field's best span, and below its null plus the null bias, the scorer follows
-# spans when the PMI correction is on: the neutral score can lift them back (tuned with
-# benchmarks/span_select_tune.py).
-PMI_MARGIN = 8.0
+# How far the scorer follows a field's spans when ``decide`` adjusts the scores (a length bonus
+# or the PMI correction): down to this far below the field's best span and below its null plus
+# the null bias. An adjustment can lift a span the plain decision would never take; on the dev
+# variants (benchmarks/span_select_tune.py) the length bonus gained only with the floor lowered.
+ADJUSTED_MARGIN = 6.0
 
 
 @dataclass(frozen=True)
