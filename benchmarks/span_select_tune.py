@@ -179,7 +179,11 @@ def sweep_pmi(rows: list[dict[str, Any]]) -> None:
                     margin, below = (6.0, -6.0) if wide else (4.0, 0.0)
                     settings.append((f"prior{lam:g}{'w' if wide else ''} b{bias:g}",
                                      {"pmi": lam, "prior": True}, bias, margin, bias + below))
-    settings.append(("offw b-4", {}, -4.0, 6.0, -10.0))
+    for bias in (-5.0, -4.0, -3.0, -2.0):
+        settings.append((f"offw b{bias:g}", {}, bias, 6.0, bias - 6.0))
+        settings.append((f"off b{bias:g}" if bias != -4.0 else "off b-4 (again)", {}, bias, 4.0, bias))
+        settings.append((f"len0.25w b{bias:g} ", {"length_bonus": 0.25}, bias, 6.0, bias - 6.0))
+        settings.append((f"len0.375w b{bias:g}", {"length_bonus": 0.375}, bias, 6.0, bias - 6.0))
     # The scorer's pruning under the length bonus: margin below the best, floor below null + bias.
     for margin, below in ((4.0, 0.0), (5.0, 0.0), (6.0, 0.0), (5.0, -2.0), (6.0, -2.0), (6.0, -4.0), (5.0, -5.0)):
         for beta in (0.5, 0.75):

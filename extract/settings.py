@@ -134,19 +134,12 @@ class Settings(BaseSettings):
         "benchmarks/zero_shot.py.",
     )
     span_select_length_bonus: float = Field(
-        default=0.0,
-        description="Scored span selection: added to a span's log-probability per word it holds. "
+        default=0.25,
+        description="Scored span selection: added to a span's log-probability per word it holds "
+        "(and the scorer then follows spans further: extract.spec.span_select.ADJUSTED_MARGIN). "
         "The model's likelihood falls with every token, so a year beats a whole date and a first "
-        "author the author list; the bonus offsets that (benchmarks/span_select_tune.py). 0 turns "
-        "it off.",
-    )
-    span_select_pmi: float = Field(
-        default=0.0,
-        description="Scored span selection: weight of the domain-conditional PMI correction. Each "
-        "span's score is lowered by this times its score under a question naming no field (asked "
-        "once per document), and null's by this times that question's null, so a short or "
-        "frequent span does not win a field for that alone. 0 turns it off (the neutral question "
-        "is then not asked).",
+        "author the author list; tuned on the dev variants of benchmarks/zero_shot.py "
+        "(benchmarks/span_select_tune.py sweep --grid pmi). 0 turns it off.",
     )
     infer_shapes: bool = Field(
         default=True,

@@ -293,29 +293,26 @@ def test_the_neutral_question_is_asked_once_over_every_scored_span() -> None:
     assert with_neutral - plain == len(as_null) + (len(as_string) - shared) + spans
 
 
-def test_the_adjustment_knobs_through_the_local_tier() -> None:
+def test_the_length_bonus_knob_through_the_local_tier() -> None:
     text = "Ship to 2260 Peachtree Rd, Atlanta GA 30309 before Friday."
-
-    def run(**knobs: float) -> Any:
-        return Extractor(tiers=["local"], cache=False, span_select="scored", **knobs).run(text, USER)
-
-    off = run(span_select_pmi=0.0, span_select_length_bonus=0.0)
-    on = run(span_select_pmi=1.0, span_select_length_bonus=0.0)
-    longer = run(span_select_pmi=0.0, span_select_length_bonus=0.5)
-    assert off.ok and on.ok and longer.ok
-    meta = [r.attempts[-1].meta["span_select"] for r in (off, on, longer)]
-    assert "pmi" not in meta[0] and "length_bonus" not in meta[0]
-    assert meta[1]["pmi"] == 1.0 and meta[2]["length_bonus"] == 0.5
-    # The neutral question, and following spans further, cost tokens, counted as input.
+    assert Settings().span_select_length_bonus == 0.25  # the default (README, "Accuracy")
+    on = Extractor(tiers=["local"], cache=False, span_select="scored").run(text, USER)
+    off = Extractor(tiers=["local"], cache=False, span_select="scored", span_select_length_bonus=0.0).run(text, USER)
+    assert off.ok and on.ok
+    meta = [r.attempts[-1].meta["span_select"] for r in (off, on)]
+    assert "length_bonus" not in meta[0] and meta[1]["length_bonus"] == 0.25
+    # With the bonus the scorer follows spans further: more tokens, counted as input.
     assert meta[1]["scored_tokens"] > meta[0]["scored_tokens"]
-    assert meta[2]["scored_tokens"] > meta[0]["scored_tokens"]
-    # Off is the decision without the neutral question: the same values the scorer and decide give.
+    # Off is the decision as it was before the bonus: the scorer's default pruning, plain decide.
     settings = Settings(tiers=["local"], cache=False)
     model = load_local_model(settings)
     spec = compile_spec(USER)
     prompt = model.render(build_messages(spec, text))
     _, queries = LocalTier(settings).span_queries(spec, text)
-    scores, _, _ = model.score_spans(prompt, queries, shared_prefix(model.render, spec), null_bias=-4.0)
+    scores, _, evaluated = model.score_spans(prompt, queries, shared_prefix(model.render, spec), null_bias=-4.0)
+    assert evaluated == meta[0]["scored_tokens"]
     expected = {path: c.value for path, c in decide(queries, scores, text, -4.0).items()}
     value = off.value
-    assert expected[("city",)] == value["city"] and expected[("street", "name")] == value["street"]["name"]
+    assert expected[("house_number",)] == value["house_number"] and expected[("city",)] == value["city"]
+    assert expected[("street", "name")] == value["street"]["name"]
+    assert expected[("street", "kind")] == value["street"]["kind"]
