@@ -179,6 +179,8 @@ def sweep_pmi(rows: list[dict[str, Any]]) -> None:
                     margin, below = (6.0, -6.0) if wide else (4.0, 0.0)
                     settings.append((f"prior{lam:g}{'w' if wide else ''} b{bias:g}",
                                      {"pmi": lam, "prior": True}, bias, margin, bias + below))
+    for margin, below in ((4.0, 0.0), (4.0, -1.0), (4.0, -2.0), (5.0, -2.0), (5.0, -3.0), (6.0, -3.0)):
+        settings.append((f"len0.25 m{margin:g}f{below:g} b-4", {"length_bonus": 0.25}, -4.0, margin, -4.0 + below))
     for bias in (-5.0, -4.0, -3.0, -2.0):
         settings.append((f"offw b{bias:g}", {}, bias, 6.0, bias - 6.0))
         settings.append((f"off b{bias:g}" if bias != -4.0 else "off b-4 (again)", {}, bias, 4.0, bias))

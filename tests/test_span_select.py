@@ -295,15 +295,15 @@ def test_the_neutral_question_is_asked_once_over_every_scored_span() -> None:
 
 def test_the_length_bonus_knob_through_the_local_tier() -> None:
     text = "Ship to 2260 Peachtree Rd, Atlanta GA 30309 before Friday."
-    assert Settings().span_select_length_bonus == 0.25  # the default (README, "Accuracy")
-    on = Extractor(tiers=["local"], cache=False, span_select="scored").run(text, USER)
-    off = Extractor(tiers=["local"], cache=False, span_select="scored", span_select_length_bonus=0.0).run(text, USER)
+    assert Settings().span_select_length_bonus == 0.0  # opt-in (README, "Accuracy")
+    on = Extractor(tiers=["local"], cache=False, span_select="scored", span_select_length_bonus=0.25).run(text, USER)
+    off = Extractor(tiers=["local"], cache=False, span_select="scored").run(text, USER)
     assert off.ok and on.ok
     meta = [r.attempts[-1].meta["span_select"] for r in (off, on)]
     assert "length_bonus" not in meta[0] and meta[1]["length_bonus"] == 0.25
     # With the bonus the scorer follows spans further: more tokens, counted as input.
     assert meta[1]["scored_tokens"] > meta[0]["scored_tokens"]
-    # Off is the decision as it was before the bonus: the scorer's default pruning, plain decide.
+    # Off (the default) is the decision without the bonus: the scorer's default pruning, plain decide.
     settings = Settings(tiers=["local"], cache=False)
     model = load_local_model(settings)
     spec = compile_spec(USER)
