@@ -378,8 +378,10 @@ class LlamaCppModel:
 
         ``neutral`` (a lead naming no field, e.g. ``{"value":``) asks one more question, once
         per document: how likely ``null`` and every span some field scored are after it, none
-        given up. ``decide`` subtracts it (``pmi``) so that what the model writes anywhere --
-        short, frequent forms -- does not win a field for that alone.
+        given up. ``decide`` can subtract it (``pmi``) so that what the model writes anywhere --
+        short, frequent forms -- does not win a field for that alone. Measured with
+        benchmarks/span_select_tune.py, it did not help (the neutral question likes what is
+        salient, which is what the fields want too), so the local tier does not ask it.
         """
         with self._lock:
             return self._score_spans(prompt, queries, prefix, margin, null_bias, save_prefix, neutral)

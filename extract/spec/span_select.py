@@ -46,9 +46,9 @@ __all__ = [
 # reached only while they can still win (branch and bound in ``score_spans``).
 MAX_WORDS = 24
 _REF = "#/$defs/"
-# The question naming no field that scored selection's PMI correction subtracts (``adjusted``):
-# a key any schema could have, so a span's score after it is what the model would write for
-# this document whatever was asked.
+# The question naming no field that the PMI correction subtracts (``adjusted``; measured, not
+# used by the local tier): a key any schema could have, so a span's score after it is what the
+# model would write for this document whatever was asked.
 NEUTRAL_LEAD = '{"value":'
 # How far the scorer follows a field's spans when ``decide`` adjusts the scores (a length bonus
 # or the PMI correction): down to this far below the field's best span and below its null plus
@@ -157,7 +157,10 @@ def adjusted(got: FieldScores, text: str, neutral: FieldScores | None = None,
     model's likelihood favours short, frequent spans wherever it is asked (a year for a date,
     a first author for the author list, "a" for a state); what a field's key adds over a
     question naming no field is the evidence for that field. A span the neutral question did
-    not score (the context ran out) is dropped."""
+    not score (the context ran out) is dropped. Measured on the dev variants
+    (benchmarks/results/zero_shot/README.md), PMI lowered F1 (it rewards spans no question
+    wants, such as "to") and the length bonus raised it on citations only, so the local tier
+    applies only the bonus, and only when ``span_select_length_bonus`` is set."""
     if neutral is None or not pmi:
         if not length_bonus:
             return got
