@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections import defaultdict
@@ -31,7 +32,7 @@ from schema_variants import VARIANTS, gold_for  # noqa: E402
 from zero_shot import labels_of, rows_for  # noqa: E402
 
 from extract.report.scoring import FieldCounts, field_counts  # noqa: E402
-from extract.spec.span_select import Rank, decide, queries_for  # noqa: E402
+from extract.spec.span_select import NEUTRAL_LEAD, Rank, decide, queries_for  # noqa: E402
 from extract.types import FieldScores, SpanQuery  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "zero_shot" / "span_scores.jsonl"
@@ -61,22 +62,59 @@ def score(args: argparse.Namespace) -> None:
                 prompt = model.render(build_messages(spec, text))
                 constraint, queries = tier.span_queries(spec, text, trim_edges=not args.no_trim)
                 started = time.perf_counter()
-                scores, tokens = model.score_spans(prompt, queries, shared_prefix(model.render, spec),
-                                                   null_bias=args.null_bias)
+                scores, neutral, tokens = model.score_spans(
+                    prompt, queries, shared_prefix(model.render, spec), margin=args.margin,
+                    null_bias=args.null_bias, neutral=args.neutral or None)
                 sink.write(json.dumps({
                     "variant": variant.name, "id": row["id"], "rows": args.rows, "text": text,
                     "gold": gold_for(variant, labels_of(row)), "constraint": json.dumps(constraint, ensure_ascii=False),
                     "trim_edges": not args.no_trim,
                     "scores": [[s.null, {f"{a},{b}": x for (a, b), x in s.spans.items()}] for s in scores],
+                    "margin": args.margin, "null_bias": args.null_bias,
+                    **({"neutral_lead": args.neutral,
+                        "neutral": [neutral.null, {f"{a},{b}": x for (a, b), x in neutral.spans.items()}]}
+                       if neutral is not None else {}),
                     "tokens": tokens, "seconds": round(time.perf_counter() - started, 3),
                 }, ensure_ascii=False) + "\n")
                 sink.flush()
 
 
-def replay(queries: list[SpanQuery], scores: list[FieldScores], text: str, bias: float, rank: Rank) -> dict[str, Any]:
-    """The product's joint decision under ``rank``, as the answer it would pin."""
+def prior(args: argparse.Namespace) -> None:
+    """Add to each stored row the spans' scores after the prompt with no document (``--neutral``
+    lead, every span some field scored): the surface prior a PMI correction would subtract
+    instead of the document's neutral question. Written to ``--prior-out``."""
+    from extract.providers.local_model import _neutral_query, load_local_model
+    from extract.settings import Settings
+    from extract.spec.compile import compile_spec
+    from extract.spec.prompt import build_messages, shared_prefix
+
+    settings = Settings(tiers=["local"], cache=False)
+    model: Any = load_local_model(settings)
+    by_name = {v.name: v for v in VARIANTS}
+    out = Path(args.prior_out)
+    done = {(json.loads(line)["variant"], json.loads(line)["id"]) for line in out.open()} if out.exists() else set()
+    with out.open("a", encoding="utf-8") as sink:
+        for line in Path(args.out).open():
+            r = json.loads(line)
+            if (r["variant"], r["id"]) in done:
+                continue
+            spec = compile_spec(by_name[r["variant"]].schema)
+            queries = queries_for(json.loads(r["constraint"]), r["text"], trim_edges=r.get("trim_edges", False))
+            query = _neutral_query(args.neutral, queries, [parse(x) for x in r["scores"]])
+            empty = model.render(build_messages(spec, ""))
+            got, _, tokens = model.score_spans(empty, [query], shared_prefix(model.render, spec), margin=math.inf)
+            r["prior"] = [got[0].null, {f"{a},{b}": x for (a, b), x in got[0].spans.items()}]
+            r["prior_tokens"] = tokens
+            sink.write(json.dumps(r, ensure_ascii=False) + "\n")
+            sink.flush()
+
+
+def replay(queries: list[SpanQuery], scores: list[FieldScores], text: str, bias: float, rank: Rank,
+           **adjust: Any) -> dict[str, Any]:
+    """The product's joint decision under ``rank`` (and ``decide``'s PMI / length bonus
+    arguments), as the answer it would pin."""
     value: dict[str, Any] = {}
-    for path, choice in decide(queries, scores, text, bias, rank).items():
+    for path, choice in decide(queries, scores, text, bias, rank, **adjust).items():
         if choice.value is None:
             continue
         node = value
@@ -84,6 +122,97 @@ def replay(queries: list[SpanQuery], scores: list[FieldScores], text: str, bias:
             node = node.setdefault(key, {})
         node[path[-1]] = choice.value
     return value
+
+
+def pruned(got: FieldScores, margin: float, floor: float | None) -> FieldScores:
+    """What ``score_spans`` at ``margin`` (and a nullable field's floor ``null + floor``) would
+    certainly have kept of scores stored at a wider margin: every span within ``margin`` of the
+    best and above the floor (it may keep a few more, met before the best was)."""
+    if not got.spans:
+        return got
+    cut = max(got.spans.values()) - margin
+    if got.null is not None and floor is not None:
+        cut = max(cut, got.null + floor)
+    return FieldScores(got.null, {k: v for k, v in got.spans.items() if v >= cut})
+
+
+def parse(stored: list[Any]) -> FieldScores:
+    null, spans = stored
+    return FieldScores(null, {(int(k.split(",")[0]), int(k.split(",")[1])): v for k, v in spans.items()})
+
+
+def sweep_pmi(rows: list[dict[str, Any]]) -> None:
+    """Field F1 per variant under the PMI correction (weight x null corrected or not x margin)
+    and, as the baseline, a per-word length bonus, each with a few null biases; rank share."""
+    # (label, decide's adjustment, null bias, scorer margin, scorer floor below null). "w": the
+    # scorer follows spans 6 nats below the best and below null + bias (as stored), else as shipped.
+    settings: list[tuple[str, dict[str, Any], float, float, float]] = [("off b-4", {}, -4.0, 4.0, -4.0)]
+    for wide in (False, True):
+        margin, below = (6.0, -6.0) if wide else (4.0, 0.0)
+        tag = "w" if wide else ""
+        for bias in (-6.0, -4.0, -2.0, 0.0, 2.0):
+            for beta in (0.5, 1.0, 2.0):
+                settings.append((f"len{beta:g}{tag} b{bias:g}", {"length_bonus": beta}, bias, margin, bias + below))
+            for lam in (0.25, 0.5, 0.75, 1.0):
+                for null in (True, False):
+                    settings.append((f"pmi{lam:g}{'' if null else 'x'}{tag} b{bias:g}",
+                                     {"pmi": lam, "pmi_null": null}, bias, margin, bias + below))
+    # Clipped PMI: a span's neutral score taken as at least the neutral null + clip, so a span the
+    # neutral question finds very unlikely ("in", "the") is not rewarded for it, only a span it
+    # likes (a year, a frequent name) penalised.
+    for wide in (False, True):
+        margin, below = (6.0, -6.0) if wide else (4.0, 0.0)
+        for clip in (-8.0, -4.0, -2.0, 0.0):
+            for lam in (0.5, 1.0):
+                for bias in (-4.0, -2.0, 0.0):
+                    settings.append((f"clip{clip:g} pmi{lam:g}{'w' if wide else ''} b{bias:g}",
+                                     {"pmi": lam, "clip": clip}, bias, margin, bias + below))
+    for beta in (0.25, 0.75):
+        for bias in (-5.0, -4.0, -3.0):
+            settings.append((f"len{beta:g}w b{bias:g}", {"length_bonus": beta}, bias, 6.0, bias - 6.0))
+    for m in (5.0, 8.0):
+        settings.append((f"len0.5m{m:g} b-4", {"length_bonus": 0.5}, -4.0, m, -4.0 - m))
+    if all("prior" in r for r in rows):  # PMI against the no-document prior (``prior``)
+        for lam in (0.05, 0.1, 0.2, 0.3):
+            for bias in (-6.0, -4.0, -2.0):
+                for wide in (False, True):
+                    margin, below = (6.0, -6.0) if wide else (4.0, 0.0)
+                    settings.append((f"prior{lam:g}{'w' if wide else ''} b{bias:g}",
+                                     {"pmi": lam, "prior": True}, bias, margin, bias + below))
+    for margin, below in ((4.0, 0.0), (4.0, -1.0), (4.0, -2.0), (5.0, -2.0), (5.0, -3.0), (6.0, -3.0)):
+        settings.append((f"len0.25 m{margin:g}f{below:g} b-4", {"length_bonus": 0.25}, -4.0, margin, -4.0 + below))
+    for bias in (-5.0, -4.0, -3.0, -2.0):
+        settings.append((f"offw b{bias:g}", {}, bias, 6.0, bias - 6.0))
+        settings.append((f"off b{bias:g}" if bias != -4.0 else "off b-4 (again)", {}, bias, 4.0, bias))
+        settings.append((f"len0.25w b{bias:g} ", {"length_bonus": 0.25}, bias, 6.0, bias - 6.0))
+        settings.append((f"len0.375w b{bias:g}", {"length_bonus": 0.375}, bias, 6.0, bias - 6.0))
+    # The scorer's pruning under the length bonus: margin below the best, floor below null + bias.
+    for margin, below in ((4.0, 0.0), (5.0, 0.0), (6.0, 0.0), (5.0, -2.0), (6.0, -2.0), (6.0, -4.0), (5.0, -5.0)):
+        for beta in (0.5, 0.75):
+            settings.append((f"len{beta:g} m{margin:g}f{below:g} b-4", {"length_bonus": beta},
+                             -4.0, margin, -4.0 + below))
+    results: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        queries = queries_for(json.loads(r["constraint"]), r["text"], trim_edges=r.get("trim_edges", False))
+        scores = [parse(x) for x in r["scores"]]
+        neutral = parse(r["neutral"])
+        for label, adjust, bias, margin, floor in settings:
+            kept = [pruned(s, margin, floor) for s in scores]
+            adjust = dict(adjust)
+            clip = adjust.pop("clip", None)
+            seen = parse(r["prior"]) if adjust.pop("prior", False) else neutral
+            if clip is not None and neutral.null is not None:
+                least = neutral.null + clip
+                seen = FieldScores(neutral.null, {k: max(v, least) for k, v in neutral.spans.items()})
+            results[label][r["variant"]].append(field_counts(
+                replay(queries, kept, r["text"], bias, "share",
+                       **({"neutral": seen} if "pmi" in adjust else {}), **adjust), r["gold"]))
+    variants = list(next(iter(results.values())))
+    print("| setting | " + " | ".join(variants) + " | mean | worst |")
+    print("|---" * (len(variants) + 3) + "|")
+    for label in results:
+        f1 = [FieldCounts.total(results[label][v]).f1 or 0.0 for v in variants]
+        print(f"| {label} | " + " | ".join(f"{x:.3f}" for x in f1) + f" | {sum(f1) / len(f1):.3f} | {min(f1):.3f} |")
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -95,6 +224,9 @@ def sweep(args: argparse.Namespace) -> None:
         if seen[r["variant"]] <= args.sample:
             kept.append(r)
     rows = kept
+    if args.grid == "pmi":
+        sweep_pmi(rows)
+        return
     results: dict[str, dict[tuple[str, float], list[tuple[int, int, int]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         queries = queries_for(json.loads(r["constraint"]), r["text"], trim_edges=r.get("trim_edges", False))
@@ -119,17 +251,24 @@ def sweep(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["score", "sweep"])
+    parser.add_argument("command", choices=["score", "prior", "sweep"])
     parser.add_argument("--variant", action="append")
     parser.add_argument("--rows", default="tune", choices=["tune", "report"])
     parser.add_argument("--sample", type=int, default=20, help="rows per variant (score: to score; sweep: to replay)")
     parser.add_argument("--null-bias", type=float, default=None,
                         help="score: stop following spans below null + this (None: follow all)")
+    parser.add_argument("--margin", type=float, default=4.0,
+                        help="score: give a span up this far below the field's best (score_spans)")
+    parser.add_argument("--neutral", default=NEUTRAL_LEAD,
+                        help="score: the field-less lead scored once per record ('' for none)")
+    parser.add_argument("--grid", default="rank",
+                        choices=["rank", "pmi"], help="sweep: ranks x null biases, or PMI / length bonus")
     parser.add_argument("--no-trim", action="store_true",
                         help="score: candidates only as written (no spans shed of enclosing punctuation)")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--prior-out", help="prior: where to write the rows with the no-document scores")
     args = parser.parse_args()
-    score(args) if args.command == "score" else sweep(args)
+    {"score": score, "prior": prior, "sweep": sweep}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ LEVERS: dict[str, dict[str, Any]] = {
     # "default" rows in results/zero_shot were recorded before it and equal "greedy".
     "scored": {"span_select": "scored"},
     "greedy": {"span_select": "greedy"},
+    # Scored selection with the opt-in per-word length bonus (benchmarks/span_select_tune.py
+    # sweep --grid pmi chose 0.25 on the dev variants).
+    "scored-len0.25": {"span_select": "scored", "span_select_length_bonus": 0.25},
     "copy-allow": {"copy_from_input": True, "span_reuse": "allow"},
     "copy-disjoint": {"copy_from_input": True, "span_reuse": "disjoint"},
     "copy-allow-noshape": {"copy_from_input": True, "span_reuse": "allow", "infer_shapes": False},

@@ -224,3 +224,95 @@ def test_auto_scores_unmarked_schemas_zero_shot_only() -> None:
     assert "span_select" not in Extractor(tiers=["local"], cache=False).run(text, marked).attempts[-1].meta
     with pytest.raises((ConfigError, ValueError)):
         Settings(span_select="beam")  # type: ignore[arg-type]
+
+
+def test_pmi_corrects_a_short_frequent_span_and_off_is_the_plain_decision() -> None:
+    text = "Due November the 7th, 2024 at noon."
+    schema = {"type": "object", "properties": {"due": nullable(), "place": nullable()}}
+    constraint = constraint_for(schema, text)
+    queries = queries_for(constraint, text)
+    year = (text.index("2024"), text.index("2024") + 4)
+    date = (text.index("November"), year[1])
+    noon = (text.index("noon"), text.index("noon") + 4)
+    # The field's own question prefers the year by 2 nats; a question naming no field prefers
+    # it by 5: the key adds 3 nats of evidence for the whole date. "noon" is what the model
+    # writes anywhere (neutral -1), and the place question likes it no more than that.
+    scores = [FieldScores(-6.0, {year: -3.0, date: -5.0}), FieldScores(-3.0, {noon: -2.0})]
+    neutral = FieldScores(-2.0, {year: -4.0, date: -9.0, noon: -1.0})
+    plain = decide(queries, scores, text, null_bias=-4.0)
+    assert plain[("due",)].value == "2024" and plain[("place",)].value == "noon"
+    # Weight 0, or no neutral scores, is exactly the decision without the correction.
+    assert decide(queries, scores, text, null_bias=-4.0, neutral=neutral, pmi=0.0) == plain
+    assert decide(queries, scores, text, null_bias=-4.0, pmi=1.0) == plain
+    pmi = decide(queries, scores, text, null_bias=-4.0, neutral=neutral, pmi=1.0)
+    assert pmi[("due",)].value == "November the 7th, 2024"
+    # place: span -2 - (-1) = -1 against null -3 - (-2) - 4 = -5: the correction keeps a span
+    # the field is about as sure of as the neutral question is...
+    assert pmi[("place",)].value == "noon"
+    # ...and drops one the neutral question is far surer of than of null (the span's -2 + 0.2
+    # is below the corrected null's -3 + 6 - 4).
+    strong = FieldScores(-6.0, {year: -4.0, date: -9.0, noon: -0.2})
+    assert decide(queries, scores, text, null_bias=-4.0, neutral=strong, pmi=1.0)[("place",)].value is None
+    # The per-word length bonus: 4 words at 1 nat each lift the date (-5 + 4) over the year (-3 + 1).
+    longer = decide(queries, scores, text, null_bias=-4.0, length_bonus=1.0)
+    assert longer[("due",)].value == "November the 7th, 2024" and longer[("place",)].value == "noon"
+    assert decide(queries, scores, text, null_bias=-4.0, length_bonus=0.5)[("due",)].value == "2024"
+    # A span the neutral question did not score is not taken under the correction.
+    partial = FieldScores(-2.0, {year: -4.0, noon: -1.0})
+    assert decide(queries, scores, text, null_bias=-4.0, neutral=partial, pmi=1.0)[("due",)].value == "2024"
+
+
+def test_the_neutral_question_is_asked_once_over_every_scored_span() -> None:
+    settings = Settings(tiers=["local"], cache=False)
+    model = load_local_model(settings)
+    assert isinstance(model, LlamaCppModel)
+    tier = LocalTier(settings)
+    spec = compile_spec(USER)
+    text = "Ship to 2260 Peachtree Rd, Atlanta GA 30309 before Friday."
+    prompt = model.render(build_messages(spec, text))
+    prefix = shared_prefix(model.render, spec)
+    _, queries = tier.span_queries(spec, text)
+    scores, none, plain = model.score_spans(prompt, queries, prefix, null_bias=-4.0)
+    assert none is None
+    again, neutral, with_neutral = model.score_spans(prompt, queries, prefix, null_bias=-4.0, neutral='{"value":')
+    # The fields' scores do not change; the neutral question scores null and exactly the spans
+    # some field scored...
+    assert again == scores
+    assert neutral is not None and neutral.null is not None and neutral.null < 0
+    assert set(neutral.spans) == set().union(*(s.spans for s in scores))
+    assert all(v < 0 for v in neutral.spans.values())
+    # ...in one question: its lead once, and each start's text once, to the longest span scored there.
+    longest: dict[int, int] = {}
+    for a, b in neutral.spans:
+        longest[a] = max(longest.get(a, 0), b)
+    as_null = model._tokenize('{"value":null')
+    as_string = model._tokenize('{"value":"')
+    shared = next(i for i, (a, b) in enumerate(zip(as_null, as_string, strict=False)) if a != b)
+    spans = sum(model.count_tokens(text[a:b]) for a, b in longest.items())
+    # What null and the quote share is evaluated once.
+    assert with_neutral - plain == len(as_null) + (len(as_string) - shared) + spans
+
+
+def test_the_length_bonus_knob_through_the_local_tier() -> None:
+    text = "Ship to 2260 Peachtree Rd, Atlanta GA 30309 before Friday."
+    assert Settings().span_select_length_bonus == 0.0  # opt-in (README, "Accuracy")
+    on = Extractor(tiers=["local"], cache=False, span_select="scored", span_select_length_bonus=0.25).run(text, USER)
+    off = Extractor(tiers=["local"], cache=False, span_select="scored").run(text, USER)
+    assert off.ok and on.ok
+    meta = [r.attempts[-1].meta["span_select"] for r in (off, on)]
+    assert "length_bonus" not in meta[0] and meta[1]["length_bonus"] == 0.25
+    # With the bonus the scorer follows spans further: more tokens, counted as input.
+    assert meta[1]["scored_tokens"] > meta[0]["scored_tokens"]
+    # Off (the default) is the decision without the bonus: the scorer's default pruning, plain decide.
+    settings = Settings(tiers=["local"], cache=False)
+    model = load_local_model(settings)
+    spec = compile_spec(USER)
+    prompt = model.render(build_messages(spec, text))
+    _, queries = LocalTier(settings).span_queries(spec, text)
+    scores, _, evaluated = model.score_spans(prompt, queries, shared_prefix(model.render, spec), null_bias=-4.0)
+    assert evaluated == meta[0]["scored_tokens"]
+    expected = {path: c.value for path, c in decide(queries, scores, text, -4.0).items()}
+    value = off.value
+    assert expected[("house_number",)] == value["house_number"] and expected[("city",)] == value["city"]
+    assert expected[("street", "name")] == value["street"]["name"]
+    assert expected[("street", "kind")] == value["street"]["kind"]

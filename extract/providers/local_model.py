@@ -35,7 +35,7 @@ from extract.errors import ConfigError, ProviderError
 from extract.providers.decoding import Constraint, Generation, TokenGuard, file_digest, outlines_processor
 from extract.providers.prefix_cache import PrefixStore
 from extract.settings import Settings
-from extract.types import FieldScores, ModelInfo, SpanQuery
+from extract.types import FieldScores, ModelInfo, SpanQuery, SpanStart
 
 __all__ = [
     "EMBEDDED_MODEL_FILE",
@@ -71,6 +71,22 @@ SMALL_MODEL_BYTES = 512 * 2**20
 # most starts are given up within a token or two, and a longer batch would evaluate tokens
 # past that; the few that go on get longer steps.
 _SCORE_CHUNK = 2
+
+
+def _neutral_query(lead: str, queries: Sequence[SpanQuery], scores: Sequence[FieldScores]) -> SpanQuery:
+    """The field-less question ``score_spans`` asks once per document: after ``lead``, every
+    span some field scored (each start's text up to the longest of them), and ``null``."""
+    ends: dict[int, set[int]] = {}
+    segments: dict[int, str] = {}
+    for query, got in zip(queries, scores, strict=True):
+        for start in query.starts:
+            if len(start.segment) > len(segments.get(start.offset, "")):
+                segments[start.offset] = start.segment
+        for a, b in got.spans:
+            ends.setdefault(a, set()).add(b - a)
+    starts = tuple(SpanStart(a, segments[a][:max(lengths)], tuple(sorted(lengths)))
+                   for a, lengths in sorted(ends.items()))
+    return SpanQuery((), lead, True, starts)
 
 
 def embedded_model_path() -> Path:
@@ -345,9 +361,11 @@ class LlamaCppModel:
 
     def score_spans(self, prompt: str, queries: Sequence[SpanQuery], prefix: str | None = None,
                     margin: float = 4.0, null_bias: float | None = None,
-                    save_prefix: bool = True) -> tuple[list[FieldScores], int]:
+                    save_prefix: bool = True, neutral: str | None = None,
+                    ) -> tuple[list[FieldScores], FieldScores | None, int]:
         """The model's log-probability of ``null`` and of each candidate span, per field, after
-        ``prompt`` (``extract.spec.span_select``); returns (scores, tokens evaluated past the prompt).
+        ``prompt`` (``extract.spec.span_select``); returns (scores, the neutral question's
+        scores or None, tokens evaluated past the prompt).
 
         Each field is asked alone: the answer begun with its key (``SpanQuery.lead``), then
         ``null``, or a quote, a span's tokens and a closing quote. Spans from one start share
@@ -357,12 +375,20 @@ class LlamaCppModel:
         skipped could not have come within ``margin`` of winning this field. With ``null_bias``
         (the decision's), a nullable field's spans are not followed below ``null + null_bias``
         either: the decision never takes a span there.
+
+        ``neutral`` (a lead naming no field, e.g. ``{"value":``) asks one more question, once
+        per document: how likely ``null`` and every span some field scored are after it, none
+        given up. ``decide`` can subtract it (``pmi``) so that what the model writes anywhere --
+        short, frequent forms -- does not win a field for that alone. Measured with
+        benchmarks/span_select_tune.py, it did not help (the neutral question likes what is
+        salient, which is what the fields want too), so the local tier does not ask it.
         """
         with self._lock:
-            return self._score_spans(prompt, queries, prefix, margin, null_bias, save_prefix)
+            return self._score_spans(prompt, queries, prefix, margin, null_bias, save_prefix, neutral)
 
     def _score_spans(self, prompt: str, queries: Sequence[SpanQuery], prefix: str | None, margin: float,
-                     null_bias: float | None, save_prefix: bool) -> tuple[list[FieldScores], int]:
+                     null_bias: float | None, save_prefix: bool, neutral: str | None,
+                     ) -> tuple[list[FieldScores], FieldScores | None, int]:
         import llama_cpp
         import numpy as np
 
@@ -400,8 +426,7 @@ class LlamaCppModel:
             evaluated += len(tokens)
             return rows
 
-        results: list[FieldScores] = []
-        for query in queries:
+        def score(query: SpanQuery, margin: float, null_bias: float | None) -> FieldScores:
             as_null = self._tokenize(query.lead + "null")
             as_string = self._tokenize(query.lead + '"')
             common = 0
@@ -432,6 +457,7 @@ class LlamaCppModel:
                 if head < max(best - margin, floor):
                     break
                 ends = set(start.ends)
+                last_end = max(ends)
                 _, token_ends = self._text_and_ends(toks)
                 total = head
                 pred = first  # the row that predicts the next token of the span
@@ -451,16 +477,21 @@ class LlamaCppModel:
                             closed = total + float(np.logaddexp.reduce(row[closers]))
                             spans[(start.offset, start.offset + end)] = closed
                             best = max(best, closed)
-                        if total < max(best - margin, floor):
+                        if total < max(best - margin, floor) or end >= last_end:
                             break
                     else:
                         done += len(chunk)
                         continue
                     break
-            results.append(FieldScores(null if query.nullable else None, spans))
+            return FieldScores(null if query.nullable else None, spans)
+
+        results = [score(query, margin, null_bias) for query in queries]
+        neutral_scores = None
+        if neutral is not None and queries:
+            neutral_scores = score(_neutral_query(neutral, queries, results), math.inf, None)
         llm.n_tokens = plen  # the prompt stays: decoding the answer next starts from it
         self._scored_prompt = (prompt_tokens, prefix_len, last_logits)
-        return results, evaluated
+        return results, neutral_scores, evaluated
 
     def _closing_quotes(self) -> list[int]:
         """Tokens that close a JSON string and may go on with punctuation (``"``, ``",``,

@@ -32,7 +32,10 @@ from extract.spec.span_copy import MAX_SPANS, SPAN_DEF, span_occurrences
 from extract.types import FieldScores, SpanQuery, SpanStart
 
 __all__ = [
+    "ADJUSTED_MARGIN",
+    "NEUTRAL_LEAD",
     "Choice",
+    "adjusted",
     "decide",
     "pin_constraint",
     "pointer",
@@ -43,6 +46,15 @@ __all__ = [
 # reached only while they can still win (branch and bound in ``score_spans``).
 MAX_WORDS = 24
 _REF = "#/$defs/"
+# The question naming no field that the PMI correction subtracts (``adjusted``; measured, not
+# used by the local tier): a key any schema could have, so a span's score after it is what the
+# model would write for this document whatever was asked.
+NEUTRAL_LEAD = '{"value":'
+# How far the scorer follows a field's spans when ``decide`` adjusts the scores (a length bonus
+# or the PMI correction): down to this far below the field's best span and below its null plus
+# the null bias. An adjustment can lift a span the plain decision would never take; on the dev
+# variants (benchmarks/span_select_tune.py) the length bonus gained only with the floor lowered.
+ADJUSTED_MARGIN = 6.0
 
 
 @dataclass(frozen=True)
@@ -135,8 +147,37 @@ def _logsumexp(values: Sequence[float]) -> float:
 Rank = Literal["share", "margin", "raw"]
 
 
+def adjusted(got: FieldScores, text: str, neutral: FieldScores | None = None,
+             pmi: float = 0.0, pmi_null: bool = True, length_bonus: float = 0.0) -> FieldScores:
+    """A field's scores as ``decide`` weighs them: each span less ``pmi`` times its score under
+    the neutral question (``score_spans(neutral=...)``), plus ``length_bonus`` per word; null
+    less ``pmi`` times the neutral null when ``pmi_null``.
+
+    Why (domain-conditional PMI, Holtzman et al. 2021, "surface form competition"): the 135M
+    model's likelihood favours short, frequent spans wherever it is asked (a year for a date,
+    a first author for the author list, "a" for a state); what a field's key adds over a
+    question naming no field is the evidence for that field. A span the neutral question did
+    not score (the context ran out) is dropped. Measured on the dev variants
+    (benchmarks/results/zero_shot/README.md), PMI lowered F1 (it rewards spans no question
+    wants, such as "to") and the length bonus raised it on citations only, so the local tier
+    applies only the bonus, and only when ``span_select_length_bonus`` is set."""
+    if neutral is None or not pmi:
+        if not length_bonus:
+            return got
+        return FieldScores(got.null, {span: score + length_bonus * len(text[span[0]:span[1]].split())
+                                      for span, score in got.spans.items()})
+    null = got.null
+    if null is not None and pmi_null and neutral.null is not None:
+        null -= pmi * neutral.null
+    spans = {span: score - pmi * neutral.spans[span] + length_bonus * len(text[span[0]:span[1]].split())
+             for span, score in got.spans.items() if span in neutral.spans}
+    return FieldScores(null, spans)
+
+
 def decide(queries: Sequence[SpanQuery], scores: Sequence[FieldScores], text: str,
-           null_bias: float, rank: Rank = "share") -> dict[tuple[str, ...], Choice]:
+           null_bias: float, rank: Rank = "share", neutral: FieldScores | None = None,
+           pmi: float = 0.0, pmi_null: bool = True, length_bonus: float = 0.0,
+           ) -> dict[tuple[str, ...], Choice]:
     """Each field's value, decided jointly.
 
     A field's options are ``null`` (its log-probability plus ``null_bias``) and its scored
@@ -148,8 +189,10 @@ def decide(queries: Sequence[SpanQuery], scores: Sequence[FieldScores], text: st
     The confidence is that same share for the option the field got. ``rank`` exists to
     measure the alternatives (``benchmarks/span_select_tune.py``): ``"margin"`` hands out by
     the span's margin over null, ``"raw"`` by its log-probability; on the dev variants of
-    benchmarks/zero_shot.py ranking by share did best.
+    benchmarks/zero_shot.py ranking by share did best. With ``neutral`` and ``pmi``, or
+    ``length_bonus``, the scores are first ``adjusted``.
     """
+    scores = [adjusted(got, text, neutral, pmi, pmi_null, length_bonus) for got in scores]
     pairs: list[tuple[float, int, tuple[int, int]]] = []
     totals: list[float | None] = []
     for n, (query, got) in enumerate(zip(queries, scores, strict=True)):

@@ -28,7 +28,7 @@ from extract.spec.prompt import Example, build_messages, prompt_version, shared_
 from extract.spec.span_copy import CopySetting, copy_paths, copy_setting
 from extract.spec.span_guard import SpanGuard
 from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
-from extract.spec.span_select import Choice, decide, pin_constraint, pointer, queries_for
+from extract.spec.span_select import ADJUSTED_MARGIN, Choice, decide, pin_constraint, pointer, queries_for
 from extract.tiers.base import MIN_OUTPUT_TOKENS, Spend, Task, output_token_limit, prompt_fits
 from extract.types import Attempt, SpanQuery, Usage
 from extract.validate import check
@@ -207,8 +207,13 @@ class LocalTier:
         if not queries or model.count_tokens(prompt) + _SCORE_ROOM > model.n_ctx:
             return None  # nothing to score, or no room past the prompt to score spans in
         bias = self.settings.span_select_null_bias
-        scores, evaluated = model.score_spans(prompt, queries, prefix, null_bias=bias, save_prefix=save)
-        choices = decide(queries, scores, text, bias)
+        bonus = self.settings.span_select_length_bonus
+        # A length bonus can lift a span the field's own score put below its null or far below
+        # its best: follow those further before giving them up.
+        margin, floor = (ADJUSTED_MARGIN, bias - ADJUSTED_MARGIN) if bonus else (4.0, bias)
+        scores, _, evaluated = model.score_spans(prompt, queries, prefix, margin=margin, null_bias=floor,
+                                                 save_prefix=save)
+        choices = decide(queries, scores, text, bias, length_bonus=bonus)
         pinned = json.dumps(pin_constraint(constraint, choices), separators=(",", ":"), ensure_ascii=False)
         return Constraint("json_schema", _require_all(pinned) if all_keys else pinned), choices, evaluated
 
@@ -328,7 +333,9 @@ class LocalTier:
                     **({"generate": True, "close_bias": close} if self.settings.generate else {}),
                     **({"span_reuse": self.settings.span_reuse} if guard is not None else {}),
                     # Scored span selection: fields decided, tokens evaluated to score them.
-                    **({"span_select": {"fields": len(choices), "scored_tokens": scored_tokens}}
+                    **({"span_select": {"fields": len(choices), "scored_tokens": scored_tokens,
+                                        **({"length_bonus": self.settings.span_select_length_bonus}
+                                           if self.settings.span_select_length_bonus else {})}}
                        if selected is not None else {}),
                     "input_chars": len(text),
                     **({"confidence": confidence} if confidence and error is None and not checked.repaired else {}),
