@@ -28,6 +28,12 @@ The remote tiers talk to llama-cpp-python's server on the embedded model, starte
 free loopback port (or ``--base-url``); ``--fault-rate`` puts the fault proxy in between.
 Only the public API (``Extractor``, ``Result``) is used to extract; the server and proxy are
 test infrastructure.
+
+``--preface N`` puts N characters of a neutral covering message before every record's text
+(the gold values are unchanged): a short record inside a longer document, as most real inputs
+are. Past 512 characters a string's length bound, which follows the input, is over what
+llama.cpp's grammar parser takes, so this is the row that shows what the native tier does with
+a long document. The result cache is off: every row is a fresh extraction.
 """
 
 from __future__ import annotations
@@ -99,6 +105,18 @@ GRAMMAR_TEXTS: dict[str, list[str]] = {
             "What is the largest order total?", "Which customers placed an order over 15?"],
 }
 ZIP = r"[0-9]{5}(-[0-9]{4})?"
+PREFACE = ("Hello, and thank you for your order. We have received your payment, and the parcel will leave our "
+           "warehouse within two working days. If anything in this message is not right, reply to it and our team "
+           "will correct it before the parcel is sent. Our opening hours are Monday to Friday, nine to five, and "
+           "we answer every message within one working day. ")
+
+
+def preface(text: str, chars: int) -> str:
+    """``text`` after ``chars`` characters of ``PREFACE`` (repeated, cut at a word), or as it is."""
+    if chars <= 0:
+        return text
+    words = (PREFACE * (chars // len(PREFACE) + 1))[:chars].rsplit(" ", 1)[0]
+    return f"{words}\n\nThe details:\n{text}"
 
 
 def grammar_records(dataset: str, sample: int) -> list[Record]:
@@ -225,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grammar-max-tokens", type=int, default=64,
                         help="output token cap for the grammar/regex rows")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--preface", type=int, default=0,
+                        help="characters of a neutral message put before each record's text")
     args = parser.parse_args(argv)
 
     policies = [p for p in args.policies.split(",") if p]
@@ -234,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     with ExitStack() as stack:
         url = endpoint(args, stack)
         options: dict[str, Any] = {"base_url": url, "timeout_s": args.timeout, "max_retries": 4,
-                                   "backoff_initial_s": 0.1, "backoff_max_s": 1.0}
+                                   "backoff_initial_s": 0.1, "backoff_max_s": 1.0, "cache": False}
         # Warm up (server's first request, local model load) outside the timings.
         for warm in ("native", "local"):
             if any(warm in POLICIES[p] for p in policies):
@@ -255,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
                 extractor = Extractor(tiers=POLICIES[policy], **options)
                 for record in records:
                     started = time.perf_counter()
-                    result = extractor.run(record.text, record.spec)
+                    result = extractor.run(preface(record.text, args.preface), record.spec)
                     rows += rows_for_result(result, data=dataset, schema=record.spec.__name__, policy=policy,
                                             item=record.id, latency_s=time.perf_counter() - started,
                                             gold=record.gold)
