@@ -14,11 +14,12 @@ from extract.providers.decoding import Constraint
 from extract.providers.local_model import LlamaCppModel, load_local_model
 from extract.settings import Settings
 from extract.spec import compile_spec, local_constraint
+from extract.spec.model import Spec
 from extract.spec.prompt import build_messages, shared_prefix
 from extract.spec.span_copy import span_forms
 from extract.spec.span_select import decide, pin_constraint, pointer, queries_for
 from extract.tiers.local import LocalTier
-from extract.types import FieldScores
+from extract.types import FieldScores, SpanQuery
 from extract.validate import check
 
 
@@ -151,16 +152,21 @@ def test_the_pinned_constraint_writes_the_chosen_values_and_compiles() -> None:
     assert pointer(("street", "name")) == "/street/name" and pointer(("a/b",)) == "/a~1b"
 
 
-def test_the_answer_after_scoring_starts_from_the_scored_prompt_and_equals_a_fresh_evaluation() -> None:
+def _scoring_case() -> tuple[LlamaCppModel, Spec, str, str, str, dict[str, Any], list[SpanQuery]]:
+    """The embedded model, a user's address schema, a text, then the prompt, its shared prefix,
+    the span-copy constraint and the queries the local tier scores for them."""
     settings = Settings(tiers=["local"], cache=False)
     model = load_local_model(settings)
     assert isinstance(model, LlamaCppModel)
-    tier = LocalTier(settings)
     spec = compile_spec(USER)
     text = "Ship to 2260 Peachtree Rd, Atlanta GA 30309 before Friday."
+    constraint, queries = LocalTier(settings).span_queries(spec, text)
     prompt = model.render(build_messages(spec, text))
-    prefix = shared_prefix(model.render, spec)
-    constraint, queries = tier.span_queries(spec, text)
+    return model, spec, text, prompt, shared_prefix(model.render, spec), constraint, queries
+
+
+def test_the_answer_after_scoring_starts_from_the_scored_prompt_and_equals_a_fresh_evaluation() -> None:
+    model, spec, _, prompt, prefix, constraint, queries = _scoring_case()
     grammar = Constraint("json_schema", json.dumps(constraint))
 
     model.score_spans(prompt, queries, prefix, null_bias=-4.0)
@@ -263,15 +269,7 @@ def test_pmi_corrects_a_short_frequent_span_and_off_is_the_plain_decision() -> N
 
 
 def test_the_neutral_question_is_asked_once_over_every_scored_span() -> None:
-    settings = Settings(tiers=["local"], cache=False)
-    model = load_local_model(settings)
-    assert isinstance(model, LlamaCppModel)
-    tier = LocalTier(settings)
-    spec = compile_spec(USER)
-    text = "Ship to 2260 Peachtree Rd, Atlanta GA 30309 before Friday."
-    prompt = model.render(build_messages(spec, text))
-    prefix = shared_prefix(model.render, spec)
-    _, queries = tier.span_queries(spec, text)
+    model, _, text, prompt, prefix, _, queries = _scoring_case()
     scores, none, plain = model.score_spans(prompt, queries, prefix, null_bias=-4.0)
     assert none is None
     again, neutral, with_neutral = model.score_spans(prompt, queries, prefix, null_bias=-4.0, neutral='{"value":')

@@ -198,54 +198,61 @@ def server_safe_schema(schema: dict[str, Any]) -> tuple[dict[str, Any] | None, l
         return schema, []
     widened = copy.deepcopy(schema)
     paths: list[str] = []
-    _widen_quoted(widened, "", paths)
+    _widen_quoted(widened, paths)
     if paths and not refused(widened):
         return widened, paths
     quoted = len(paths)
-    _drop_long_bounds(widened, "", paths)
+    _drop_long_bounds(widened, paths)
     if len(paths) > quoted and not refused(widened):
         return widened, paths
     return None, paths
 
 
-def _drop_long_bounds(node: Any, path: str, paths: list[str]) -> None:
-    """Drop every ``maxLength``/``maxItems`` over ``SERVER_MAX_REPEAT``, in place, noting where."""
+def _each_schema_node(node: Any, path: str, visit: Callable[[dict[str, Any], str], None]) -> None:
+    """``visit(node, its JSON pointer)`` for every schema object under ``node``, before its
+    children (so a visit may rewrite what is walked next); the values of ``enum``, ``const``,
+    ``default`` and ``examples`` are data, not schemas, and are not entered."""
     if isinstance(node, list):
         for i, item in enumerate(node):
-            _drop_long_bounds(item, f"{path}/{i}", paths)
+            _each_schema_node(item, f"{path}/{i}", visit)
         return
     if not isinstance(node, dict):
         return
-    long = [k for k in ("maxLength", "maxItems")
-            if isinstance(node.get(k), int) and not isinstance(node.get(k), bool) and node[k] > SERVER_MAX_REPEAT]
-    for key in long:
-        del node[key]
-    if long:
-        paths.append(path or "/")
+    visit(node, path)
     for key, value in node.items():
         if key not in ("enum", "const", "default", "examples"):
-            _drop_long_bounds(value, f"{path}/{key}", paths)
+            _each_schema_node(value, f"{path}/{key}", visit)
 
 
-def _widen_quoted(node: Any, path: str, paths: list[str]) -> None:
-    if isinstance(node, list):
-        for i, item in enumerate(node):
-            _widen_quoted(item, f"{path}/{i}", paths)
-        return
-    if not isinstance(node, dict):
-        return
-    values = list(node.get("enum") or []) + ([node["const"]] if "const" in node else [])
-    if any(isinstance(v, str) and '"' in v for v in values):
-        node.pop("enum", None)
-        node.pop("const", None)
-        node["type"] = "string"
-        # Bounded by its longest value: an unbounded string lets a small model run to the
-        # token limit (a widened span list would otherwise lose the input's length bound).
-        node.setdefault("maxLength", max(len(v) for v in values if isinstance(v, str)))
-        paths.append(path or "/")
-    for key, value in node.items():
-        if key not in ("enum", "const", "default", "examples"):
-            _widen_quoted(value, f"{path}/{key}", paths)
+def _widen_quoted(schema: dict[str, Any], paths: list[str]) -> None:
+    """Each enum/const holding a string with a double quote becomes a bounded plain string."""
+
+    def visit(node: dict[str, Any], path: str) -> None:
+        values = list(node.get("enum") or []) + ([node["const"]] if "const" in node else [])
+        if any(isinstance(v, str) and '"' in v for v in values):
+            node.pop("enum", None)
+            node.pop("const", None)
+            node["type"] = "string"
+            # Bounded by its longest value: an unbounded string lets a small model run to the
+            # token limit (a widened span list would otherwise lose the input's length bound).
+            node.setdefault("maxLength", max(len(v) for v in values if isinstance(v, str)))
+            paths.append(path or "/")
+
+    _each_schema_node(schema, "", visit)
+
+
+def _drop_long_bounds(schema: dict[str, Any], paths: list[str]) -> None:
+    """Every ``maxLength``/``maxItems`` over ``SERVER_MAX_REPEAT`` is dropped."""
+
+    def visit(node: dict[str, Any], path: str) -> None:
+        long = [k for k in ("maxLength", "maxItems") if isinstance(node.get(k), int)
+                and not isinstance(node.get(k), bool) and node[k] > SERVER_MAX_REPEAT]
+        for key in long:
+            del node[key]
+        if long:
+            paths.append(path or "/")
+
+    _each_schema_node(schema, "", visit)
 
 
 def response_format_for(mode: Mode, schema: dict[str, Any], name: str) -> dict[str, Any] | None:
