@@ -69,11 +69,9 @@ def score(args: argparse.Namespace) -> None:
                     "variant": variant.name, "id": row["id"], "rows": args.rows, "text": text,
                     "gold": gold_for(variant, labels_of(row)), "constraint": json.dumps(constraint, ensure_ascii=False),
                     "trim_edges": not args.no_trim,
-                    "scores": [[s.null, {f"{a},{b}": x for (a, b), x in s.spans.items()}] for s in scores],
+                    "scores": [stored(s) for s in scores],
                     "margin": args.margin, "null_bias": args.null_bias,
-                    **({"neutral_lead": args.neutral,
-                        "neutral": [neutral.null, {f"{a},{b}": x for (a, b), x in neutral.spans.items()}]}
-                       if neutral is not None else {}),
+                    **({"neutral_lead": args.neutral, "neutral": stored(neutral)} if neutral is not None else {}),
                     "tokens": tokens, "seconds": round(time.perf_counter() - started, 3),
                 }, ensure_ascii=False) + "\n")
                 sink.flush()
@@ -103,7 +101,7 @@ def prior(args: argparse.Namespace) -> None:
             query = _neutral_query(args.neutral, queries, [parse(x) for x in r["scores"]])
             empty = model.render(build_messages(spec, ""))
             got, _, tokens = model.score_spans(empty, [query], shared_prefix(model.render, spec), margin=math.inf)
-            r["prior"] = [got[0].null, {f"{a},{b}": x for (a, b), x in got[0].spans.items()}]
+            r["prior"] = stored(got[0])
             r["prior_tokens"] = tokens
             sink.write(json.dumps(r, ensure_ascii=False) + "\n")
             sink.flush()
@@ -136,8 +134,13 @@ def pruned(got: FieldScores, margin: float, floor: float | None) -> FieldScores:
     return FieldScores(got.null, {k: v for k, v in got.spans.items() if v >= cut})
 
 
-def parse(stored: list[Any]) -> FieldScores:
-    null, spans = stored
+def stored(got: FieldScores) -> list[Any]:
+    """A field's scores as a row keeps them: [null, {"start,end": score}] (``parse`` reverses it)."""
+    return [got.null, {f"{a},{b}": x for (a, b), x in got.spans.items()}]
+
+
+def parse(row: list[Any]) -> FieldScores:
+    null, spans = row
     return FieldScores(null, {(int(k.split(",")[0]), int(k.split(",")[1])): v for k, v in spans.items()})
 
 
@@ -230,8 +233,7 @@ def sweep(args: argparse.Namespace) -> None:
     results: dict[str, dict[tuple[str, float], list[tuple[int, int, int]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         queries = queries_for(json.loads(r["constraint"]), r["text"], trim_edges=r.get("trim_edges", False))
-        scores = [FieldScores(null, {(int(k.split(",")[0]), int(k.split(",")[1])): v for k, v in spans.items()})
-                  for null, spans in r["scores"]]
+        scores = [parse(x) for x in r["scores"]]
         for rank in ("share", "margin", "raw"):
             for bias in (-10.0, -8.0, -6.0, -4.0, -2.0, 0.0):
                 results[r["variant"]][(rank, bias)].append(

@@ -161,16 +161,15 @@ def adjusted(got: FieldScores, text: str, neutral: FieldScores | None = None,
     (benchmarks/results/zero_shot/README.md), PMI lowered F1 (it rewards spans no question
     wants, such as "to") and the length bonus raised it on citations only, so the local tier
     applies only the bonus, and only when ``span_select_length_bonus`` is set."""
-    if neutral is None or not pmi:
-        if not length_bonus:
-            return got
-        return FieldScores(got.null, {span: score + length_bonus * len(text[span[0]:span[1]].split())
-                                      for span, score in got.spans.items()})
+    base = neutral if pmi else None  # what the PMI correction subtracts, if it applies
+    if base is None and not length_bonus:
+        return got
     null = got.null
-    if null is not None and pmi_null and neutral.null is not None:
-        null -= pmi * neutral.null
-    spans = {span: score - pmi * neutral.spans[span] + length_bonus * len(text[span[0]:span[1]].split())
-             for span, score in got.spans.items() if span in neutral.spans}
+    if base is not None and null is not None and pmi_null and base.null is not None:
+        null -= pmi * base.null
+    spans = {span: score - (pmi * base.spans[span] if base is not None else 0.0)
+             + length_bonus * len(text[span[0]:span[1]].split())
+             for span, score in got.spans.items() if base is None or span in base.spans}
     return FieldScores(null, spans)
 
 

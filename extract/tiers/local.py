@@ -210,9 +210,9 @@ class LocalTier:
         bonus = self.settings.span_select_length_bonus
         # A length bonus can lift a span the field's own score put below its null or far below
         # its best: follow those further before giving them up.
-        margin, floor = (ADJUSTED_MARGIN, bias - ADJUSTED_MARGIN) if bonus else (4.0, bias)
-        scores, _, evaluated = model.score_spans(prompt, queries, prefix, margin=margin, null_bias=floor,
-                                                 save_prefix=save)
+        # Without a bonus: score_spans' own margin, and spans followed down to null + bias.
+        pruning = {"margin": ADJUSTED_MARGIN, "null_bias": bias - ADJUSTED_MARGIN} if bonus else {"null_bias": bias}
+        scores, _, evaluated = model.score_spans(prompt, queries, prefix, save_prefix=save, **pruning)
         choices = decide(queries, scores, text, bias, length_bonus=bonus)
         pinned = json.dumps(pin_constraint(constraint, choices), separators=(",", ":"), ensure_ascii=False)
         return Constraint("json_schema", _require_all(pinned) if all_keys else pinned), choices, evaluated
