@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from extract import Extractor  # noqa: E402
-from extract.front.bench import BenchItem, BenchRun, done_keys, item_rows  # noqa: E402
+from extract.front.bench import BenchItem, BenchRun, done_keys, item_rows, log_command  # noqa: E402
 from extract.report import aggregate  # noqa: E402
 from extract.report.render import load_rows  # noqa: E402
 from schemas.address import Address  # noqa: E402
@@ -200,11 +200,7 @@ def run(args: argparse.Namespace) -> None:
         if server is not None:
             server.stop()
     # Every command that added rows, in order: together they reproduce attempts.jsonl.
-    command = " ".join(["python", "benchmarks/ablation.py", *sys.argv[1:]])
-    log = out / "command.txt"
-    seen = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
-    if command not in seen:
-        log.write_text("".join(line + "\n" for line in [*seen, command]), encoding="utf-8")
+    log_command(out, "benchmarks/ablation.py", sys.argv[1:])
 
 
 def table(out: Path) -> str:

@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from schema_variants import VARIANTS, Variant, gold_for  # noqa: E402
 
 from extract import Extractor  # noqa: E402
+from extract.front.bench import log_command  # noqa: E402
 from extract.report.confidence import auroc, precision_at_coverage  # noqa: E402
 from extract.report.scoring import field_counts, field_tally, leaves  # noqa: E402
 
@@ -167,11 +168,7 @@ def run(args: argparse.Namespace) -> None:
     finally:
         if server is not None:
             server.stop()
-    command = " ".join(["python", "benchmarks/zero_shot.py", *sys.argv[1:]])
-    log = out / "command.txt"
-    seen = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
-    if command not in seen:
-        log.write_text("".join(line + "\n" for line in [*seen, command]), encoding="utf-8")
+    log_command(out, "benchmarks/zero_shot.py", sys.argv[1:])
 
 
 def _run_levers(args: argparse.Namespace, chosen: list[Variant], path: Path, done: set[tuple[str, ...]],

@@ -47,8 +47,8 @@ from extract.types import Attempt, AttemptError
 from extract.validate.calibration import Calibration
 
 __all__ = ["CORPUS_PROMPT", "POLICIES", "BenchItem", "BenchRun", "check_draw", "code_provenance", "current_prompts",
-           "done_keys", "fit_calibration", "item_rows", "merge_parts", "read_suite", "record_part", "render_current",
-           "run_bench"]
+           "done_keys", "fit_calibration", "item_rows", "log_command", "merge_parts", "read_suite", "record_part",
+           "render_current", "run_bench"]
 
 # A policy is one tier alone or the default chain (None: Settings.default_tiers()).
 POLICIES: dict[str, list[str] | None] = {
@@ -320,6 +320,18 @@ def done_keys(path: Path) -> set[tuple[str, str, str, str]]:
             fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
         os.replace(tmp, path)
     return done
+
+
+def log_command(out: Path, script: str, argv: Sequence[str]) -> None:
+    """Append ``python SCRIPT ARGV`` to ``OUT/command.txt`` unless it is there already. Why: a
+    results folder filled by several invocations (levers added one run at a time) is
+    reproduced only by all of them, in order; the benchmarks that resume into one folder keep
+    that list beside their rows."""
+    command = " ".join(["python", script, *argv])
+    log = out / "command.txt"
+    seen = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    if command not in seen:
+        log.write_text("".join(line + "\n" for line in [*seen, command]), encoding="utf-8")
 
 
 def current_prompts() -> dict[str, str]:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from extract.spec.span_copy import MAX_SPANS, SPAN_DEF, span_occurrences
+from extract.spec.span_copy import MAX_SPAN_WORDS, MAX_SPANS, SPAN_DEF, span_occurrences
 from extract.types import FieldScores, SpanQuery, SpanStart
 
 __all__ = [
@@ -42,9 +42,6 @@ __all__ = [
     "queries_for",
 ]
 
-# Longest span scored, in words. A span's score only falls as it grows, so longer runs are
-# reached only while they can still win (branch and bound in ``score_spans``).
-MAX_WORDS = 24
 _REF = "#/$defs/"
 # The question naming no field that the PMI correction subtracts (``adjusted``; measured, not
 # used by the local tier): a key any schema could have, so a span's score after it is what the
@@ -118,7 +115,7 @@ def _lead(path: tuple[str, ...]) -> str:
         path[-1], ensure_ascii=False) + ":"
 
 
-def queries_for(constraint: dict[str, Any], text: str, max_words: int = MAX_WORDS,
+def queries_for(constraint: dict[str, Any], text: str, max_words: int = MAX_SPAN_WORDS,
                 trim_edges: bool = False) -> list[SpanQuery]:
     """The fields of a span-copy constraint (``local_constraint`` with span-copy on, and the
     same ``trim_edges``) to score on ``text``, in schema order; empty when none qualifies.
