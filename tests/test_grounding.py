@@ -352,5 +352,5 @@ def test_review_note_names_invented_values_first_and_says_when_there_is_no_confi
                      '  /city = "Paris"  confidence 0.30, in the text at 10-15']
     blind = [f.model_copy(update={"confidence": None, "needs_review": False}) for f in fields[::2]]
     assert review_note(Result(tier="native", value={}, fields=blind), 0.5) == [
-        "review: no confidence for these 2 values (tier native gives no probabilities): none is known to be right"]
+        "review: no confidence for the 2 values (tier native gives no probabilities): none is known to be right"]
     assert review_note(Result(tier=None, fields=fields), 0.5) == []  # a failed run says why elsewhere

@@ -83,16 +83,17 @@ def review_note(result: Result, review_below: float | None) -> list[str]:
     fields = result.fields
     if not result.ok or not fields:
         return []
+    values = f"{len(fields)} value" + ("s" if len(fields) != 1 else "")
     why = "marked for review" if review_below is None else f"confidence below {review_below:g} or not in the text"
     caveat = "" if review_below is None else f"; a value above {review_below:g} can still be wrong"
     flagged = sorted((f for f in fields if f.needs_review),
                      key=lambda f: (f.status != "not_found", -1.0 if f.confidence is None else f.confidence))
     if not flagged:
         if all(f.confidence is None for f in fields):
-            return [f"review: no confidence for these {len(fields)} values (tier {result.tier} gives no "
-                    "probabilities): none is known to be right"]
-        return [f"review: none of {len(fields)} values to doubt ({why}){caveat}"]
-    lines = [f"review: {len(flagged)} of {len(fields)} values to doubt ({why}){caveat}:"]
+            return [f"review: no confidence for the {values} (tier {result.tier} gives no probabilities): "
+                    "none is known to be right"]
+        return [f"review: none of {values} to doubt ({why}){caveat}"]
+    lines = [f"review: {len(flagged)} of {values} to doubt ({why}){caveat}:"]
     for f in flagged:
         value = json.dumps(f.value, ensure_ascii=False)
         value = value if len(value) <= 60 else value[:57] + "..."
