@@ -334,3 +334,23 @@ def test_extract_bench_fits_a_calibration_the_extractor_accepts(tmp_path: Path) 
     for f in result.fields:
         assert f.raw_confidence is not None and f.confidence is not None and 0.0 <= f.confidence <= 1.0
         assert f.confidence == cal(f.raw_confidence, f.contested, f.path)
+
+
+def test_review_note_names_invented_values_first_and_says_when_there_is_no_confidence() -> None:
+    """The stderr note of `extract run` (the CLI test runs it on the model): a value not in the
+    text leads, whatever its confidence; values with no probability are never called sure."""
+    from extract.report.review import review_note
+    from extract.types import FieldGrounding, Result
+
+    fields = [FieldGrounding(path="/city", value="Paris", spans=[(10, 15)], status="exact", confidence=0.3,
+                             needs_review=True),
+              FieldGrounding(path="/name", value="Bob", status="not_found", confidence=0.9, needs_review=True),
+              FieldGrounding(path="/zip", value="75001", spans=[(0, 5)], status="exact", confidence=0.95)]
+    head, *lines = review_note(Result(tier="local", value={}, fields=fields), 0.5)
+    assert head.startswith("review: 2 of 3 values to doubt (confidence below 0.5 or not in the text)")
+    assert lines == ['  /name = "Bob"  confidence 0.90, NOT in the text (likely invented)',
+                     '  /city = "Paris"  confidence 0.30, in the text at 10-15']
+    blind = [f.model_copy(update={"confidence": None, "needs_review": False}) for f in fields[::2]]
+    assert review_note(Result(tier="native", value={}, fields=blind), 0.5) == [
+        "review: no confidence for the 2 values (tier native gives no probabilities): none is known to be right"]
+    assert review_note(Result(tier=None, fields=fields), 0.5) == []  # a failed run says why elsewhere

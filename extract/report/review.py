@@ -7,6 +7,9 @@ shows the value's path, value, confidence, status, tier and whether the answer w
 Values not found in the text are listed apart: they are the likely inventions. A contents
 list links every document, doubtful ones first flagged, so many documents stay navigable.
 
+``review_note`` is the same judgement as a few lines of plain text, for a person at a terminal:
+``extract run`` prints it on stderr for one text, so stdout stays the value alone.
+
 Fed plain dicts (``ReviewDoc``): ``id``, ``text``, ``tier``, ``repaired`` and ``fields`` (the
 JSON form of ``Result.fields``). ``docs_from_rows`` builds them from benchmark or batch rows.
 Imports only ``extract.types``.
@@ -21,9 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from extract.types import Result
+from extract.types import FieldGrounding, Result
 
-__all__ = ["doc_from_result", "docs_from_rows", "render_review"]
+__all__ = ["doc_from_result", "docs_from_rows", "render_review", "review_note"]
 
 _STYLE = """
 body{font:14px/1.5 system-ui,sans-serif;margin:0;display:flex}
@@ -55,6 +58,48 @@ def _colour(conf: float | None) -> str:
 
 def _conf(conf: Any) -> str:
     return "none (no probabilities)" if conf is None else f"{float(conf):.2f}"
+
+
+def _where(f: FieldGrounding) -> str:
+    """Whether the value is grounded: where it stands in the text, or that it does not."""
+    at = ", ".join(f"{a}-{b}" for a, b in f.spans)
+    if f.status == "not_found" or not f.spans:
+        return "NOT in the text (likely invented)"
+    if f.status == "fuzzy":
+        return f"near the text at {at} (fuzzy match {f.score or 0.0:.2f})"
+    return f"in the text at {at}" + (" (written differently)" if f.status == "normalized" else "")
+
+
+def review_note(result: Result, review_below: float | None) -> list[str]:
+    """Which values of ``result`` to doubt, one line each: path, value, confidence, grounding.
+
+    Lists the fields the Result marks ``needs_review`` (confidence under ``review_below``, the
+    threshold the Result was judged with, or not found in the text), worst first. Being in the
+    text is not being right: with span-copy every value is a span of the text, so the line says
+    where it stands and the confidence says how sure the model was. The first line always
+    says that a value above the threshold can still be wrong, because measured on usaddress it
+    often is (see ``extract.front.cli.REVIEW_BELOW``). Empty for a failed or valueless Result.
+    """
+    fields = result.fields
+    if not result.ok or not fields:
+        return []
+    values = f"{len(fields)} value" + ("s" if len(fields) != 1 else "")
+    why = "marked for review" if review_below is None else f"confidence below {review_below:g} or not in the text"
+    caveat = "" if review_below is None else f"; a value above {review_below:g} can still be wrong"
+    flagged = sorted((f for f in fields if f.needs_review),
+                     key=lambda f: (f.status != "not_found", -1.0 if f.confidence is None else f.confidence))
+    if not flagged:
+        if all(f.confidence is None for f in fields):
+            return [f"review: no confidence for the {values} (tier {result.tier} gives no probabilities): "
+                    "none is known to be right"]
+        return [f"review: none of {values} to doubt ({why}){caveat}"]
+    lines = [f"review: {len(flagged)} of {values} to doubt ({why}){caveat}:"]
+    for f in flagged:
+        value = json.dumps(f.value, ensure_ascii=False)
+        value = value if len(value) <= 60 else value[:57] + "..."
+        conf = "none" if f.confidence is None else f"{f.confidence:.2f}"
+        lines.append(f"  {f.path or '/'} = {value}  confidence {conf}, {_where(f)}")
+    return lines
 
 
 def doc_from_result(ident: Any, text: str, result: Result) -> dict[str, Any]:
