@@ -35,9 +35,12 @@ __all__ = [
     "apply_span_copy",
     "auto_copy",
     "computed",
+    "copied_regex",
     "copy_paths",
     "copy_setting",
     "copy_violations",
+    "open_pattern",
+    "regex_spans",
     "span_alternatives",
     "span_forms",
     "span_occurrences",
@@ -199,9 +202,100 @@ def copy_setting(spec: Spec, setting: bool | None, generate: bool = False) -> Co
     """
     if generate:
         return False
+    if spec.kind == "regex":
+        return setting if setting is not None else open_pattern(spec.pattern or "")
     if not spec.is_json:
         return setting
     return auto_copy(spec.schema, setting)
+
+
+def _sre_parse(pattern: str) -> Any:
+    """Python's own parse of ``pattern`` (``re._parser``, the only regex parser at hand)."""
+    import importlib
+
+    return importlib.import_module("re._parser").parse(pattern)
+
+
+_OPEN_OPS = {"IN", "ANY", "CATEGORY", "NOT_LITERAL"}
+_ANYTHING = "Aa 1.!"  # letters, a space, a digit, punctuation: what only a free-text pattern matches whole
+_REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
+
+
+def open_pattern(pattern: str) -> bool:
+    """Whether a regex spec stands for values found in a text (a character class, any
+    character or a repeat: ``\\d{5}``, ``INV-\\d+``), not a choice among words written in it
+    (``yes|no``, ``colou?r``) nor any text at all (``.+``): span-copy applies to the first
+    kind only. A choice is often a judgement whose answer is not in the text, and one of its
+    words may stand in the text by chance; a free-text pattern may ask for a summary; a pattern
+    Python cannot read is left alone."""
+    try:
+        parsed = _sre_parse(pattern)
+        if re.fullmatch(pattern, _ANYTHING):
+            return False  # ".+", "[\\s\\S]*": a pattern that says nothing of the value's shape
+    except (re.error, RecursionError, ValueError, ImportError):
+        return False
+
+    def walk(node: Any) -> bool:
+        if isinstance(node, (list, tuple)) or hasattr(node, "data"):
+            items = node.data if hasattr(node, "data") else node
+            for item in items:
+                if isinstance(item, tuple) and len(item) == 2 and hasattr(item[0], "name"):
+                    op, arg = item
+                    if op.name in _OPEN_OPS or (op.name in _REPEATS and arg[1] > 1):
+                        return True
+                    if walk(arg):
+                        return True
+                elif walk(item):
+                    return True
+        return False
+
+    return walk(parsed)
+
+
+def regex_spans(pattern: str, text: str, limit: int = MAX_SPANS) -> list[str]:
+    """The distinct pieces of ``text`` that the whole of ``pattern`` matches, in text order: word
+    runs in their copy forms (``span_forms``, edges shed) and matches starting anywhere that
+    neither begin nor end inside a run of letters and digits ("20500" in "DC 20500-0003",
+    never "12345" out of "123456"). At most ``limit``; empty when the pattern does not compile."""
+    try:
+        rx = re.compile(pattern)
+    except re.error:
+        return []
+    found: dict[str, int] = {}
+
+    def cuts(start: int, end: int) -> bool:
+        """Whether [start, end) cuts through a run of letters and digits at either edge."""
+        return (start > 0 and text[start - 1].isalnum() and text[start].isalnum()) or (
+            end < len(text) and text[end - 1].isalnum() and text[end].isalnum())
+
+    for form, spots in span_occurrences(text, limit=limit, trim_edges=True).items():
+        if rx.fullmatch(form):
+            found.setdefault(form, spots[0][0])
+    for start in range(len(text)):
+        if len(found) >= limit:
+            break
+        if start > 0 and text[start - 1].isalnum() and text[start].isalnum():
+            continue
+        m = rx.match(text, start)
+        if m and m.end() > start and not cuts(start, m.end()) and rx.fullmatch(m.group()):
+            found.setdefault(m.group(), start)
+    return sorted(found, key=lambda piece: (found[piece], -len(piece)))[:limit]
+
+
+# Regex metacharacters for llguidance's (Rust) regex syntax; everything else stands for itself.
+_REGEX_META = re.compile(r"([\\.+*?()|\[\]{}^$#&\-~])")
+
+
+def copied_regex(pattern: str, text: str) -> str | None:
+    """The regex a copying tier decodes under: one of ``regex_spans`` as written, or None when
+    the text holds none (the value is then decoded under ``pattern`` itself, as before). Why:
+    under the bare pattern the 135M model invents a value of the right shape ("10000" for
+    the ZIP code in "The ZIP code is 90210."; "1234-56-78" for the date in "Delivered
+    2021-03-04."); a value of the text is what an extraction wants."""
+    pieces = regex_spans(pattern, text)
+    if not pieces:
+        return None
+    return "(?:" + "|".join(_REGEX_META.sub(r"\\\1", piece) for piece in pieces) + ")"
 
 
 def _marked(schema: dict[str, Any], setting: CopySetting) -> bool:

@@ -25,7 +25,7 @@ from extract.spec.compile import checked_after
 from extract.spec.enforceable import UNENFORCED_KEYS
 from extract.spec.grammar import object_lark
 from extract.spec.prompt import Example, build_messages, prompt_version, shared_prefix
-from extract.spec.span_copy import CopySetting, copy_paths, copy_setting
+from extract.spec.span_copy import CopySetting, copied_regex, copy_paths, copy_setting
 from extract.spec.span_guard import SpanGuard
 from extract.spec.span_order import ordered_fields, ordered_lark, wants_order
 from extract.spec.span_select import ADJUSTED_MARGIN, Choice, decide, pin_constraint, pointer, queries_for
@@ -113,7 +113,9 @@ class LocalTier:
         of a JSON object appear, in schema order (null where absent)."""
         if spec.kind == "regex":
             assert spec.pattern is not None
-            return Constraint("regex", spec.pattern)
+            # Span-copy for a regex: one of the text's pieces the pattern matches, when it has any.
+            copied = copied_regex(spec.pattern, text) if self.copy_setting(spec) else None
+            return Constraint("regex", copied or spec.pattern)
         if spec.kind == "grammar":
             assert spec.grammar is not None
             return Constraint("lark", spec.grammar.llguidance_text())
