@@ -20,7 +20,8 @@ the full benchmark: every policy, schema corpora, resumable, with plots and an H
 
 ``--datasets grammar,regex`` adds the grammar/regex rows (own table): the shipped Lark grammars
 (``grammars/*.lark``) on short hand-written requests, and a ZIP-code regex on US addresses,
-per tier: parsed (or fully matched) on the first call, at all, calls and tokens per parsed
+per tier: parsed (or fully matched) on the first call, at all, right (a ZIP code equal to the
+row's label, of the rows that have one), calls and tokens per parsed
 result (a grammar rung's one-off probe call included; its tokens are in the attempt's usage), p50 wall time,
 and the parsed results that needed a repair (``cut_runaway``: a loop cut at the token limit).
 
@@ -130,24 +131,32 @@ def grammar_records(dataset: str, sample: int) -> list[Record]:
         return out[:sample] if sample < len(out) else out
     rows = [json.loads(line) for line in (DATA / "usaddress" / "dev.jsonl").open(encoding="utf-8")]
     zip_code = Regex(ZIP, name="zip_code")
-    return [Record(r["id"], r["text"], zip_code, {}) for r in rows[:sample]]
+    return [Record(r["id"], r["text"], zip_code, {"value": r["gold"].get("ZipCode")}) for r in rows[:sample]]
 
 
-def grammar_table(results: list[tuple[str, str, Any, float, str]]) -> str:
-    """(dataset, policy, Result, latency, item) -> one Markdown row per (dataset, policy), and
-    the items that did not parse."""
+def grammar_table(results: list[tuple[str, str, Any, float, str, Any]]) -> str:
+    """(dataset, policy, Result, latency, item, gold value or None) -> one Markdown row per
+    (dataset, policy), and the items that did not parse. ``right %``: of the items with a gold
+    value (the regex rows' ZIP codes), the share whose parse equals it."""
     import statistics
 
+    from extract.report.scoring import matches
+
     groups: dict[tuple[str, str], list[tuple[Any, float]]] = {}
+    golds: dict[tuple[str, str], list[bool]] = {}
     missed: list[str] = []
-    for dataset, policy, result, latency, item in results:
+    for dataset, policy, result, latency, item, gold in results:
         groups.setdefault((dataset, policy), []).append((result, latency))
+        if gold is not None:
+            golds.setdefault((dataset, policy), []).append(result.ok and matches(result.value, gold))
         if not result.ok:
             missed.append(f"{dataset}/{policy}/{item}")
-    lines = ["| dataset | policy | n | parsed 1st call % | parsed % | calls/parsed | tok/parsed | p50 s | modes "
-             "| failed calls | repaired |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | policy | n | parsed 1st call % | parsed % | right % | calls/parsed | tok/parsed | p50 s "
+             "| modes | failed calls | repaired |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (dataset, policy), items in groups.items():
         n = len(items)
+        right = golds.get((dataset, policy))
+        right_pct = f"{100 * sum(right) / len(right):.0f} ({len(right)})" if right else "-"
         calls = tokens = parsed = first = 0
         modes: dict[str, int] = {}
         failed: dict[str, int] = {}
@@ -171,7 +180,8 @@ def grammar_table(results: list[tuple[str, str, Any, float, str]]) -> str:
         p50 = statistics.median(latency for _, latency in items)
         per_call = f"{calls / parsed:.1f}" if parsed else "-"
         per_token = f"{tokens / parsed:.1f}" if parsed else "-"
-        lines.append(f"| {dataset} | {policy} | {n} | {100 * first / n:.0f} | {100 * parsed / n:.0f} | {per_call} "
+        lines.append(f"| {dataset} | {policy} | {n} | {100 * first / n:.0f} | {100 * parsed / n:.0f} | {right_pct} "
+                     f"| {per_call} "
                      f"| {per_token} | {p50:.2f} | {', '.join(f'{k} {v}' for k, v in sorted(modes.items()))} "
                      f"| {', '.join(f'{k} {v}' for k, v in sorted(failed.items())) or '-'} "
                      f"| {', '.join(f'{k} {v}' for k, v in sorted(repaired.items())) or '-'} |")
@@ -267,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
                     for record in records:
                         started = time.perf_counter()
                         result = extractor.run(record.text, record.spec)
-                        grammar_results.append((dataset, policy, result, time.perf_counter() - started, record.id))
+                        grammar_results.append((dataset, policy, result, time.perf_counter() - started, record.id,
+                                                record.gold.get("value")))
                     print(f"# {dataset} {policy}: done", file=sys.stderr, flush=True)
                 continue
             records = load(dataset, args.sample)
