@@ -108,9 +108,23 @@ def test_a_regex_comes_back_full_matching_on_the_first_call(
     settings = remote_settings(max_tokens=16)
     attempts = run(settings, Regex(r"[A-Z]{3}-[0-9]{4}", name="order"), "Your order ABC-1234 has shipped.")
     assert len(attempts) == 1 and attempts[0].ok and attempts[0].meta["mode"] == "gbnf"
-    import re
+    assert attempts[0].value == "ABC-1234"  # span-copied: the text's only match
 
-    assert re.fullmatch(r"[A-Z]{3}-[0-9]{4}", attempts[0].value)
+
+def test_a_regex_is_span_copied_on_the_server_as_on_the_local_tier(
+    proxy: FaultProxy, remote_settings: Callable[..., Settings]
+) -> None:
+    """The GBNF sent is the text's matches (``span_copy.copied_regex``), so the answer is the
+    text's ZIP code; with span-copy off the bare pattern is sent, as before."""
+    proxy.configure(record=10)
+    attempts = run(remote_settings(max_tokens=16), Regex(r"\d{5}", name="zip"), "The ZIP code is 90210.")
+    assert attempts[-1].ok and attempts[-1].value == "90210"
+    sent = [b["grammar"] for b in proxy.requests() if "grammar" in b and "90210" in b["grammar"]]
+    assert sent and all(g.strip() == 'root ::= "90210"' for g in sent)
+    before = len(proxy.requests())
+    run(remote_settings(max_tokens=16, copy_from_input=False), Regex(r"\d{5}", name="zip"), "The ZIP code is 90210.")
+    later = proxy.requests()[before:]
+    assert any("grammar" in b for b in later) and not any("90210" in b.get("grammar", "") for b in later)
 
 
 def test_a_regex_the_server_cannot_honour_is_checked_after_never_sent_unconstrained(

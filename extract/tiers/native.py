@@ -66,7 +66,7 @@ from extract.providers.openai_compat import (
 from extract.spec import Spec, local_constraint
 from extract.spec.gbnf import grammar_to_gbnf, object_gbnf, regex_to_gbnf
 from extract.spec.prompt import build_messages, prompt_version
-from extract.spec.span_copy import copy_paths, copy_setting, span_alternatives
+from extract.spec.span_copy import copied_regex, copy_paths, copy_setting, span_alternatives
 from extract.tiers.base import Spend, Task
 from extract.tiers.remote import EndpointTier, closed_schema, response_confidences, schema_name, usage_of
 from extract.types import Attempt, AttemptError, ModelInfo, Usage
@@ -322,11 +322,20 @@ class NativeTier(EndpointTier):
             meta=meta,
         )
 
-    def _grammar_body(self, spec: Spec, mode: GrammarMode) -> dict[str, Any]:
-        """The request fields that carry the spec's constraint on ``mode``; raises
+    def _pattern(self, spec: Spec, text: str) -> str:
+        """A regex spec's pattern as this tier sends it: span-copied for ``text`` by the local
+        tier's rule (``span_copy.copy_setting``, ``copied_regex``), else as written."""
+        pattern = str(spec.pattern)
+        if copy_setting(spec, self.settings.copy_from_input, self.settings.generate):
+            pattern = copied_regex(pattern, text) or pattern
+        return pattern
+
+    def _grammar_body(self, spec: Spec, mode: GrammarMode, text: str = "") -> dict[str, Any]:
+        """The request fields that carry the spec's constraint on ``mode`` for ``text``; raises
         ``UnsupportedSchema`` when this spec cannot be said in that rung's language."""
+        pattern = self._pattern(spec, text) if spec.kind == "regex" else ""
         if mode == "gbnf":
-            gbnf = grammar_to_gbnf(spec.grammar) if spec.grammar is not None else regex_to_gbnf(str(spec.pattern))
+            gbnf = grammar_to_gbnf(spec.grammar) if spec.grammar is not None else regex_to_gbnf(pattern)
             refusal = gbnf_refusal(gbnf)
             if refusal is not None:  # never sent: llama-cpp-python's server would crash on it
                 raise UnsupportedSchema("gbnf", self.kind, path=spec.name, detail=f"the converted GBNF: {refusal}")
@@ -336,8 +345,8 @@ class NativeTier(EndpointTier):
                 return grammar_body_for(mode, lark=spec.grammar.llguidance_text())
             # vLLM's regex engines (xgrammar, llguidance) have no lookaround or backreference
             # either: the same refusal as for GBNF, before anything is sent.
-            regex_to_gbnf(str(spec.pattern))
-            return grammar_body_for(mode, regex=spec.pattern)
+            regex_to_gbnf(pattern)
+            return grammar_body_for(mode, regex=pattern)
         return {}
 
     async def _grammar_attempts(self, task: Task, endpoint: Endpoint) -> list[Attempt]:
@@ -371,7 +380,7 @@ class NativeTier(EndpointTier):
                     body: dict[str, Any] = {}
                     if mode != "prompt":
                         try:
-                            body = self._grammar_body(spec, mode)
+                            body = self._grammar_body(spec, mode, task.text)
                         except UnsupportedSchema as exc:
                             skip.add(mode)
                             rejected.append({"mode": mode, "reason": f"not convertible: {exc}"})
