@@ -38,6 +38,8 @@ def test_the_copied_constraint_compiles_whatever_the_text_holds() -> None:
     copied = copied_regex(r"\S+", text)
     assert copied is not None and not Constraint("regex", copied).problems()
     assert copied_regex(r"\d{5}", "No number here.") is None
+    assert copied_regex(r"\d{5}", "11111 22222 33333", most=2) is None  # over the cap: the pattern itself
+    assert copied_regex(r"\d{5}", "11111 22222", most=2) == "(?:11111|22222)"
 
 
 def test_the_local_tier_copies_only_when_it_should() -> None:

@@ -286,14 +286,15 @@ def regex_spans(pattern: str, text: str, limit: int = MAX_SPANS) -> list[str]:
 _REGEX_META = re.compile(r"([\\.+*?()|\[\]{}^$#&\-~])")
 
 
-def copied_regex(pattern: str, text: str) -> str | None:
+def copied_regex(pattern: str, text: str, most: int = MAX_SPANS) -> str | None:
     """The regex a copying tier decodes under: one of ``regex_spans`` as written, or None when
-    the text holds none (the value is then decoded under ``pattern`` itself, as before). Why:
-    under the bare pattern the 135M model invents a value of the right shape ("10000" for
-    the ZIP code in "The ZIP code is 90210."; "1234-56-78" for the date in "Delivered
-    2021-03-04."); a value of the text is what an extraction wants."""
-    pieces = regex_spans(pattern, text)
-    if not pieces:
+    the text holds none or more than ``most`` (the value is then decoded under ``pattern``
+    itself, as before; a server pays per alternative). Why: under the bare pattern the 135M
+    model invents a value of the right shape ("10000" for the ZIP code in "The ZIP code is
+    90210."; "1234-56-78" for the date in "Delivered 2021-03-04."); a value of the text is
+    what an extraction wants."""
+    pieces = regex_spans(pattern, text, limit=most + 1)
+    if not pieces or len(pieces) > most:
         return None
     return "(?:" + "|".join(_REGEX_META.sub(r"\\\1", piece) for piece in pieces) + ")"
 

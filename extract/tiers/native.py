@@ -324,10 +324,11 @@ class NativeTier(EndpointTier):
 
     def _pattern(self, spec: Spec, text: str) -> str:
         """A regex spec's pattern as this tier sends it: span-copied for ``text`` by the local
-        tier's rule (``span_copy.copy_setting``, ``copied_regex``), else as written."""
+        tier's rule (``span_copy.copy_setting``, ``copied_regex``) up to ``SERVER_MAX_SPANS``
+        matches, else as written."""
         pattern = str(spec.pattern)
         if copy_setting(spec, self.settings.copy_from_input, self.settings.generate):
-            pattern = copied_regex(pattern, text) or pattern
+            pattern = copied_regex(pattern, text, most=SERVER_MAX_SPANS) or pattern
         return pattern
 
     def _grammar_body(self, spec: Spec, mode: GrammarMode, text: str = "") -> dict[str, Any]:
