@@ -89,6 +89,7 @@ def extract_rows(args: argparse.Namespace, dataset: str, config: str, tier: str 
             rec = {"id": row["id"], "text": row["text"], "gold": _gold(row), "ok": result.ok, "tier": tier,
                    "fields": [f.model_dump(mode="json") for f in result.fields],
                    "model": (winner.model.digest or winner.model.name) if winner and winner.model else None,
+                   "prompt_version": winner.prompt_version if winner else None,
                    "spec": compile_spec(spec_for(row, dataset, config)).digest}
             sink.write(json.dumps(rec, ensure_ascii=False) + "\n")
             sink.flush()

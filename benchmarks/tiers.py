@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grammar-max-tokens", type=int, default=64,
                         help="output token cap for the grammar/regex rows")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--grammar-rows", type=Path, default=None,
+                        help="write the grammar/regex rows here: a JSON line per record (value, gold, prompt version)")
     parser.add_argument("--preface", type=int, default=0,
                         help="characters of a neutral message put before each record's text")
     args = parser.parse_args(argv)
@@ -277,8 +279,18 @@ def main(argv: list[str] | None = None) -> None:
                     for record in records:
                         started = time.perf_counter()
                         result = extractor.run(record.text, record.spec)
-                        grammar_results.append((dataset, policy, result, time.perf_counter() - started, record.id,
-                                                record.gold.get("value")))
+                        latency = time.perf_counter() - started
+                        grammar_results.append((dataset, policy, result, latency, record.id, record.gold.get("value")))
+                        if args.grammar_rows is not None:
+                            winner = next((a for a in reversed(result.attempts) if a.ok), None)
+                            with args.grammar_rows.open("a", encoding="utf-8") as sink:
+                                sink.write(json.dumps({
+                                    "data": dataset, "policy": policy, "item": record.id, "text": record.text,
+                                    "value": result.value if result.ok else None, "gold": record.gold.get("value"),
+                                    "ok": result.ok, "copy_from_input": extractor.settings.copy_from_input,
+                                    "prompt_version": winner.prompt_version if winner else None,
+                                    "tokens": sum(a.usage.total_tokens for a in result.attempts),
+                                    "latency_s": round(latency, 3)}, ensure_ascii=False, default=str) + "\n")
                     print(f"# {dataset} {policy}: done", file=sys.stderr, flush=True)
                 continue
             records = load(dataset, args.sample)
