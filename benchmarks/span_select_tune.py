@@ -292,15 +292,21 @@ def _print_grid(results: dict[str, dict[str, list[Any]]]) -> None:
         print(f"| {label} | " + " | ".join(f"{x:.3f}" for x in f1) + f" | {sum(f1) / len(f1):.3f} | {min(f1):.3f} |")
 
 
-def sweep(args: argparse.Namespace) -> None:
-    rows = [json.loads(line) for line in Path(args.out).open()]
+def first_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The first ``--sample`` stored rows of each variant in ``--out``: files scored to
+    different depths compare alike."""
     seen: dict[str, int] = defaultdict(int)
     kept = []
-    for r in rows:  # the first --sample rows of each variant: files scored to different depths compare alike
+    for line in Path(args.out).open():
+        r = json.loads(line)
         seen[r["variant"]] += 1
         if seen[r["variant"]] <= args.sample:
             kept.append(r)
-    rows = kept
+    return kept
+
+
+def sweep(args: argparse.Namespace) -> None:
+    rows = first_rows(args)
     if args.grid in ("pmi", "column"):
         {"pmi": sweep_pmi, "column": sweep_column}[args.grid](rows)
         return
@@ -340,14 +346,9 @@ def oracle(args: argparse.Namespace) -> None:
     - ``AUROC``: how well the field's best span's margin over its null tells filled fields from
       empty ones (0.5: not at all) -- what a null calibration has to work with.
     """
-    rows = [json.loads(line) for line in Path(args.out).open()]
-    seen: dict[str, int] = defaultdict(int)
     counts: dict[str, dict[str, list[tuple[int, int, int]]]] = defaultdict(lambda: defaultdict(list))
     margins: dict[str, list[tuple[float, bool]]] = defaultdict(list)
-    for r in rows:
-        seen[r["variant"]] += 1
-        if seen[r["variant"]] > args.sample:
-            continue
+    for r in first_rows(args):
         queries = queries_for(json.loads(r["constraint"]), r["text"], trim_edges=r.get("trim_edges", False))
         scores = [parse(x) for x in r["scores"]]
         want = leaves(r["gold"])
